@@ -1,0 +1,352 @@
+//! The `clipstock` binary: argument parsing, logging, progress bars and exit codes. Every
+//! command is a thin call into the library crates.
+//!
+//! Exit codes: 0 success, 1 runtime error (the full error chain is printed once on stderr),
+//! 2 usage error (from clap).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use clipstock_model::load::{Checkpoint, classifier_state, export, module_state};
+use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
+use clipstock_model::{ClipArch, ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "clipstock", version, about = "Fine-tune CLIP ViT classifiers with Model Stock")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the zero-shot classification head from class names × prompt templates.
+    Zeroshot(ZeroshotArgs),
+    /// Show a checkpoint's naming, architecture and parameter count.
+    Info(InfoArgs),
+    /// Rewrite a checkpoint in another naming and/or dtype (optionally with a head).
+    Export(ExportArgs),
+    /// Encode images with a checkpoint (and classify them with a head), printing features.
+    Forward(ForwardArgs),
+    /// Throughput of the forward pass and the training step on random weights.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct DeviceArg {
+    /// cpu (the fastest CPU backend), flex, ndarray, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+#[derive(Args)]
+struct ZeroshotArgs {
+    /// CLIP checkpoint with a text tower (safetensors or PyTorch; OpenAI, HF or model-soups naming).
+    #[arg(long)]
+    weights: PathBuf,
+    /// JSON array of class names.
+    #[arg(long, default_value = "data/imagenet_classnames.json")]
+    classes: PathBuf,
+    /// JSON array of prompt templates with `{}` for the class name.
+    #[arg(long, default_value = "data/openai_imagenet_templates.json")]
+    templates: PathBuf,
+    /// Output safetensors with `classification_head.weight` [classes, embed] and `.bias`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Classes encoded per batch (batch size = this × number of templates).
+    #[arg(long, default_value_t = 4)]
+    classes_per_batch: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    weights: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NamingArg {
+    Openai,
+    Hf,
+    ModelSoups,
+}
+
+impl From<NamingArg> for Naming {
+    fn from(n: NamingArg) -> Naming {
+        match n {
+            NamingArg::Openai => Naming::OpenAi,
+            NamingArg::Hf => Naming::Hf,
+            NamingArg::ModelSoups => Naming::ModelSoups,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long)]
+    weights: PathBuf,
+    /// A head to attach (output of `zeroshot`); written as `classification_head.*`.
+    #[arg(long)]
+    head: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    naming: NamingArg,
+    /// f32, f16 or bf16; default: each tensor's dtype in the input.
+    #[arg(long)]
+    dtype: Option<String>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[arg(long)]
+    weights: PathBuf,
+    /// Classification head file; default: the checkpoint's own head if it has one.
+    #[arg(long)]
+    head: Option<PathBuf>,
+    /// A safetensors file with an `images` tensor [N, 3, S, S] (CLIP-normalised). Default: a
+    /// deterministic random batch of 4.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Zeroshot(a) => zeroshot(a),
+        Command::Info(a) => info(a),
+        Command::Export(a) => export_cmd(a),
+        Command::Forward(a) => forward(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn zeroshot(a: ZeroshotArgs) -> Result<()> {
+    let device = a.device.device.device()?;
+    let ckpt = Checkpoint::read(&a.weights)?;
+    let model: ClipModel = ckpt.clip(&device)?;
+    let classes = read_string_list(&a.classes)?;
+    let templates = read_string_list(&a.templates)?;
+    if let Some(bad) = templates.iter().find(|t| !t.contains("{}")) {
+        bail!(
+            "{}: template {bad:?} has no `{{}}` placeholder for the class name",
+            a.templates.display()
+        );
+    }
+    let tokenizer = ClipTokenizer::new(
+        ckpt.arch
+            .text
+            .as_ref()
+            .map(|t| t.context_length)
+            .unwrap_or(77),
+    );
+    tracing::info!(
+        "{} classes × {} templates = {} prompts on {}",
+        classes.len(),
+        templates.len(),
+        classes.len() * templates.len(),
+        a.device.device
+    );
+    let pb = progress(classes.len() as u64, "zero-shot head");
+    let start = Instant::now();
+    let head = zeroshot_head(
+        &model,
+        &tokenizer,
+        &classes,
+        &templates,
+        a.classes_per_batch,
+        &device,
+        |done| pb.set_position(done as u64),
+    )?;
+    pb.finish_and_clear();
+    create_parent(&a.out)?;
+    head.write_safetensors(&a.out, Some(DType::F32), None)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "wrote {} ({} classes × {} dims) in {:.1}s ({:.0} prompts/s)",
+        a.out.display(),
+        classes.len(),
+        ckpt.arch.embed_dim,
+        secs,
+        (classes.len() * templates.len()) as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let ckpt = Checkpoint::read(&a.weights)?;
+    let arch = &ckpt.arch;
+    println!("file:       {}", a.weights.display());
+    println!("naming:     {}", ckpt.naming);
+    println!(
+        "vision:     {}px, patch {}, width {}, {} layers, {} heads, mlp {}",
+        arch.vision.image_size,
+        arch.vision.patch_size,
+        arch.vision.width,
+        arch.vision.layers,
+        arch.vision.heads,
+        arch.vision.mlp_width
+    );
+    match &arch.text {
+        Some(t) => println!(
+            "text:       context {}, vocab {}, width {}, {} layers, {} heads",
+            t.context_length, t.vocab_size, t.width, t.layers, t.heads
+        ),
+        None => println!("text:       none (image-only checkpoint)"),
+    }
+    println!("embed dim:  {}", arch.embed_dim);
+    println!("parameters: {}", arch.num_params());
+    if let Some(w) = ckpt.state.get(clipstock_model::load::HEAD_WEIGHT) {
+        println!("head:       {} classes", w.shape[0]);
+    }
+    clipstock_model::load::validate(&ckpt.state, arch, &ckpt.context, true)?;
+    println!("validation: ok");
+    Ok(())
+}
+
+fn export_cmd(a: ExportArgs) -> Result<()> {
+    let device = DeviceSpec::Cpu.device()?;
+    let ckpt = Checkpoint::read(&a.weights)?;
+    let dtype = match &a.dtype {
+        Some(s) => Some(DType::parse(s).with_context(|| format!("unknown dtype `{s}`"))?),
+        None => None,
+    };
+    let head = match &a.head {
+        Some(p) => Some(StateDict::read(p)?),
+        None => None,
+    };
+    // Round-trip through the burn module: what is exported is exactly what the model holds.
+    let state = if head.is_some() || ckpt.has_head() {
+        let classifier = ckpt.classifier(head.as_ref(), &device)?;
+        classifier_state(&classifier)
+    } else {
+        module_state(&ckpt.clip(&device)?)
+    };
+    let state = clipstock_model::load::with_extras(state, &ckpt.extras());
+    let state = clipstock_model::load::with_dtypes_of(state, &ckpt.state);
+    create_parent(&a.out)?;
+    export(&state, a.naming.into(), dtype, &a.out)?;
+    println!(
+        "wrote {} ({} tensors, {} naming)",
+        a.out.display(),
+        state.len(),
+        Naming::from(a.naming)
+    );
+    Ok(())
+}
+
+fn forward(a: ForwardArgs) -> Result<()> {
+    use burn::tensor::{Tensor, TensorData};
+    let device = a.device.device.device()?;
+    let ckpt = Checkpoint::read(&a.weights)?;
+    let size = ckpt.arch.vision.image_size;
+    let (data, shape) = match &a.images {
+        Some(p) => {
+            let sd = StateDict::read(p)?;
+            let t = sd
+                .get("images")
+                .with_context(|| format!("{}: no `images` tensor", p.display()))?;
+            if t.shape.len() != 4 || t.shape[1] != 3 || t.shape[2] != size || t.shape[3] != size {
+                bail!(
+                    "{}: `images` has shape {:?}, the model expects [N, 3, {size}, {size}]",
+                    p.display(),
+                    t.shape
+                );
+            }
+            (t.data.clone(), [t.shape[0], 3, size, size])
+        }
+        None => {
+            let mut init = clipstock_model::model::Init::new(0);
+            (init.normal_vec(4 * 3 * size * size, 1.0), [4, 3, size, size])
+        }
+    };
+    let images = Tensor::<4>::from_data(TensorData::new(data, shape), &device);
+    let head = match &a.head {
+        Some(p) => Some(StateDict::read(p)?),
+        None => None,
+    };
+    let start = Instant::now();
+    if head.is_some() || ckpt.has_head() {
+        let classifier = ckpt.classifier(head.as_ref(), &device)?;
+        let logits = classifier.forward(images);
+        let [n, classes] = logits.dims();
+        let preds = logits
+            .argmax(1)
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .unwrap_or_default();
+        println!("predictions over {classes} classes for {n} images: {preds:?}");
+    } else {
+        let model = ckpt.clip(&device)?;
+        let f = model.encode_image(images);
+        let [n, d] = f.dims();
+        let v = f.into_data().try_into_vec_as::<f32>().unwrap_or_default();
+        for i in 0..n {
+            let row = &v[i * d..(i + 1) * d];
+            let shown: Vec<String> = row.iter().take(6).map(|x| format!("{x:.4}")).collect();
+            println!("image {i}: [{} …] ({d} dims)", shown.join(", "));
+        }
+    }
+    println!(
+        "{} images in {:.2}s on {}",
+        shape[0],
+        start.elapsed().as_secs_f64(),
+        a.device.device
+    );
+    Ok(())
+}
+
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn preset(name: &str) -> Result<ClipArch> {
+    ClipArch::preset(name).with_context(|| {
+        format!(
+            "unknown model `{name}` (presets: {})",
+            ClipArch::preset_names().join(", ")
+        )
+    })
+}

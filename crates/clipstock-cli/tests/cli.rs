@@ -1,0 +1,160 @@
+//! The binary as users run it: the quickstart command, and bad inputs that must fail with one
+//! clear error line and a non-zero exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use clipstock_model::{HostTensor, StateDict};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("crates/clipstock-model/tests/fixtures").join(name)
+}
+
+fn clipstock(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run clipstock")
+}
+
+/// Fails with exactly one `error:` line on stderr that contains every `needle`.
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    for n in needles {
+        assert!(errors[0].contains(n), "`{n}` not in: {}", errors[0]);
+    }
+}
+
+#[test]
+fn zeroshot_reproduces_open_clip_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("parity_prompts.json")).expect("prompts"),
+    )
+    .expect("json");
+    let classes = dir.path().join("classes.json");
+    std::fs::write(&classes, prompts["zeroshot_classes"].to_string()).expect("write");
+    let out = dir.path().join("head.safetensors");
+    let weights = fixture("openclip_tiny.safetensors");
+    let res = clipstock(&[
+        "zeroshot",
+        "--weights",
+        weights.to_str().expect("utf8"),
+        "--classes",
+        classes.to_str().expect("utf8"),
+        "--templates",
+        "data/openai_imagenet_templates.json",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let head = StateDict::read(&out).expect("head");
+    let want = StateDict::read(&fixture("parity_expected.safetensors")).expect("expected");
+    let got = &head.get("classification_head.weight").expect("weight").data;
+    let want = &want.get("openclip.zeroshot_head").expect("fixture").data;
+    assert_eq!(got.len(), want.len());
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / 100.0)
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-4, "max abs diff (unit scale) {worst:e}");
+    let bias = &head.get("classification_head.bias").expect("bias").data;
+    assert!(bias.iter().all(|b| *b == 0.0));
+}
+
+#[test]
+fn info_and_forward_run_on_the_fixture() {
+    let w = fixture("openclip_tiny.safetensors");
+    let res = clipstock(&["info", w.to_str().expect("utf8")]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(stdout.contains("naming:     openai") && stdout.contains("validation: ok"), "{stdout}");
+    let res = clipstock(&["forward", "--weights", w.to_str().expect("utf8")]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(String::from_utf8_lossy(&res.stdout).contains("image 3:"));
+}
+
+fn tampered(edit: impl FnOnce(&mut StateDict)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sd = StateDict::read(&fixture("openclip_tiny.safetensors")).expect("read");
+    edit(&mut sd);
+    let p = dir.path().join("bad.safetensors");
+    sd.write_safetensors(&p, None, None).expect("write");
+    (dir, p)
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_d, p) = tampered(|sd| {
+        sd.remove("visual.transformer.resblocks.1.ln_2.bias");
+    });
+    let out = clipstock(&["info", p.to_str().expect("utf8")]);
+    assert_fails_with(
+        &out,
+        &["bad.safetensors", "missing tensor", "visual.transformer.resblocks.1.ln_2.bias"],
+    );
+}
+
+#[test]
+fn wrong_shape_names_tensor_and_both_shapes() {
+    let (_d, p) = tampered(|sd| {
+        let t = sd.remove("visual.ln_post.weight").expect("present");
+        let mut data = t.data.clone();
+        data.push(1.0);
+        sd.insert(
+            "visual.ln_post.weight",
+            HostTensor::new(vec![data.len()], t.dtype, data),
+        );
+    });
+    let out = clipstock(&["forward", "--weights", p.to_str().expect("utf8")]);
+    assert_fails_with(&out, &["visual.ln_post.weight", "[129]", "[128]"]);
+}
+
+#[test]
+fn truncated_file_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = std::fs::read(fixture("openclip_tiny.safetensors")).expect("read");
+    let p = dir.path().join("cut.safetensors");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+    let out = clipstock(&["info", p.to_str().expect("utf8")]);
+    assert_fails_with(&out, &["cut.safetensors", "not a valid safetensors"]);
+}
+
+#[test]
+fn non_clip_files_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("resnet.safetensors");
+    let mut sd = StateDict::new();
+    sd.insert(
+        "fc.weight",
+        HostTensor::new(vec![2, 2], clipstock_model::DType::F32, vec![0.0; 4]),
+    );
+    sd.write_safetensors(&p, None, None).expect("write");
+    let out = clipstock(&["info", p.to_str().expect("utf8")]);
+    assert_fails_with(&out, &["resnet.safetensors", "CLIP", "fc.weight"]);
+
+    let txt = dir.path().join("readme.txt");
+    std::fs::write(&txt, "just text").expect("write");
+    let out = clipstock(&["info", txt.to_str().expect("utf8")]);
+    assert_fails_with(&out, &["readme.txt", "neither a safetensors file nor a PyTorch"]);
+
+    let out = clipstock(&["info", "does/not/exist.safetensors"]);
+    assert_fails_with(&out, &["does/not/exist.safetensors"]);
+}
+
+#[test]
+fn unknown_device_is_a_usage_error() {
+    let out = clipstock(&["bench", "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
+}

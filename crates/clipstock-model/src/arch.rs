@@ -1,0 +1,328 @@
+//! CLIP architecture descriptions: presets, inference from a checkpoint's shapes, and the
+//! key/shape table a checkpoint in canonical (OpenAI) naming must match.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::state::StateDict;
+
+/// OpenAI's loader derives the head count from the width with a fixed head size of 64; we do the
+/// same so that any OpenAI-style checkpoint loads without a preset.
+pub const HEAD_WIDTH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisionArch {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_width: usize,
+}
+
+impl VisionArch {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Patch tokens plus the class token.
+    pub fn seq_len(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextArch {
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_width: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipArch {
+    pub embed_dim: usize,
+    pub vision: VisionArch,
+    /// `None` for image-only checkpoints (e.g. a fine-tuned classifier saved without its text
+    /// tower): they can be fine-tuned and evaluated with a stored head, not used zero-shot.
+    pub text: Option<TextArch>,
+}
+
+fn vision(image_size: usize, patch_size: usize, width: usize, layers: usize) -> VisionArch {
+    VisionArch {
+        image_size,
+        patch_size,
+        width,
+        layers,
+        heads: width / HEAD_WIDTH,
+        mlp_width: width * 4,
+    }
+}
+
+fn text(width: usize, layers: usize) -> TextArch {
+    TextArch {
+        context_length: 77,
+        vocab_size: 49408,
+        width,
+        layers,
+        heads: width / HEAD_WIDTH,
+        mlp_width: width * 4,
+    }
+}
+
+impl ClipArch {
+    /// Presets by open_clip name (`ViT-B-32`) or OpenAI name (`ViT-B/32`).
+    pub fn preset(name: &str) -> Option<ClipArch> {
+        let key: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        match key.as_str() {
+            "vitb32" => Some(ClipArch {
+                embed_dim: 512,
+                vision: vision(224, 32, 768, 12),
+                text: Some(text(512, 12)),
+            }),
+            "vitb16" => Some(ClipArch {
+                embed_dim: 512,
+                vision: vision(224, 16, 768, 12),
+                text: Some(text(512, 12)),
+            }),
+            "vitl14" => Some(ClipArch {
+                embed_dim: 768,
+                vision: vision(224, 14, 1024, 24),
+                text: Some(text(768, 12)),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn preset_names() -> &'static [&'static str] {
+        &["ViT-B-32", "ViT-B-16", "ViT-L-14"]
+    }
+
+    /// Infers the architecture from tensor shapes in canonical naming, following OpenAI's
+    /// `build_model`: widths from LayerNorm/conv shapes, depth from the highest block index,
+    /// heads = width / 64, image size = patch × grid from the positional embedding.
+    pub fn infer(state: &StateDict, context: &str) -> Result<ClipArch> {
+        let shape = |name: &str| -> Result<Vec<usize>> {
+            state
+                .get(name)
+                .map(|t| t.shape.clone())
+                .ok_or_else(|| ModelError::NotClip {
+                    path: context.into(),
+                    reason: format!("no `{name}` tensor"),
+                })
+        };
+        let bad = |reason: String| ModelError::Invalid {
+            context: context.to_string(),
+            reason,
+        };
+
+        let conv = shape("visual.conv1.weight")?;
+        if conv.len() != 4 || conv[1] != 3 || conv[2] != conv[3] {
+            return Err(bad(format!(
+                "`visual.conv1.weight` has shape {conv:?}, expected [width, 3, patch, patch]"
+            )));
+        }
+        let v_width = conv[0];
+        let patch = conv[2];
+        let v_pos = shape("visual.positional_embedding")?;
+        if v_pos.len() != 2 || v_pos[0] < 2 {
+            return Err(bad(format!(
+                "`visual.positional_embedding` has shape {v_pos:?}, expected [grid*grid+1, width]"
+            )));
+        }
+        let grid = ((v_pos[0] - 1) as f64).sqrt().round() as usize;
+        if grid * grid + 1 != v_pos[0] {
+            return Err(bad(format!(
+                "`visual.positional_embedding` has {} rows, not a square grid plus a class token",
+                v_pos[0]
+            )));
+        }
+        let v_layers = count_blocks(state, "visual.transformer.resblocks.");
+        if v_layers == 0 {
+            return Err(bad("no `visual.transformer.resblocks.*` tensors".into()));
+        }
+        let v_mlp = shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
+        let proj = shape("visual.proj")?;
+        if proj.len() != 2 {
+            return Err(bad(format!("`visual.proj` has shape {proj:?}, expected 2 dims")));
+        }
+        let vision = VisionArch {
+            image_size: grid * patch,
+            patch_size: patch,
+            width: v_width,
+            layers: v_layers,
+            heads: (v_width / HEAD_WIDTH).max(1),
+            mlp_width: v_mlp,
+        };
+
+        // model-soups' wrapper deletes the text transformer but keeps the embeddings,
+        // `ln_final` and `text_projection`: without blocks there is no usable text tower.
+        let has_text_blocks = count_blocks(state, "transformer.resblocks.") > 0;
+        let text = if has_text_blocks {
+            let tok = shape("token_embedding.weight")?;
+            let pos = shape("positional_embedding")?;
+            let width = shape("ln_final.weight")?[0];
+            let layers = count_blocks(state, "transformer.resblocks.");
+            let mlp = shape("transformer.resblocks.0.mlp.c_fc.weight")?[0];
+            if tok.len() != 2 || pos.len() != 2 {
+                return Err(bad(format!(
+                    "text embeddings have shapes {tok:?} and {pos:?}, expected 2 dims each"
+                )));
+            }
+            Some(TextArch {
+                context_length: pos[0],
+                vocab_size: tok[0],
+                width,
+                layers,
+                heads: (width / HEAD_WIDTH).max(1),
+                mlp_width: mlp,
+            })
+        } else {
+            None
+        };
+        let embed_dim = proj[1];
+        Ok(ClipArch {
+            embed_dim,
+            vision,
+            text,
+        })
+    }
+
+    /// Every tensor of the model in canonical naming with its shape, in the order open_clip's
+    /// `state_dict()` lists them (vision tower first, as `visual.*` is registered first).
+    pub fn expected_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let v = &self.vision;
+        let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
+        push("visual.class_embedding".into(), vec![v.width]);
+        push("visual.positional_embedding".into(), vec![v.seq_len(), v.width]);
+        push("visual.proj".into(), vec![v.width, self.embed_dim]);
+        push(
+            "visual.conv1.weight".into(),
+            vec![v.width, 3, v.patch_size, v.patch_size],
+        );
+        push("visual.ln_pre.weight".into(), vec![v.width]);
+        push("visual.ln_pre.bias".into(), vec![v.width]);
+        for i in 0..v.layers {
+            block_shapes(
+                &format!("visual.transformer.resblocks.{i}"),
+                v.width,
+                v.mlp_width,
+                &mut push,
+            );
+        }
+        push("visual.ln_post.weight".into(), vec![v.width]);
+        push("visual.ln_post.bias".into(), vec![v.width]);
+        if let Some(t) = &self.text {
+            push("positional_embedding".into(), vec![t.context_length, t.width]);
+            push("text_projection".into(), vec![t.width, self.embed_dim]);
+            push("logit_scale".into(), vec![]);
+            push("token_embedding.weight".into(), vec![t.vocab_size, t.width]);
+            for i in 0..t.layers {
+                block_shapes(
+                    &format!("transformer.resblocks.{i}"),
+                    t.width,
+                    t.mlp_width,
+                    &mut push,
+                );
+            }
+            push("ln_final.weight".into(), vec![t.width]);
+            push("ln_final.bias".into(), vec![t.width]);
+        } else {
+            // Kept for image-only checkpoints too, so every export has the same scalar.
+            push("logit_scale".into(), vec![]);
+        }
+        out
+    }
+
+    /// Text-tower tensors an image-only checkpoint may still carry (model-soups keeps them):
+    /// not part of the model, carried through exports unchanged.
+    pub fn text_leftovers(&self) -> &'static [&'static str] {
+        if self.text.is_some() {
+            &[]
+        } else {
+            TEXT_LEFTOVERS
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.expected_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+const TEXT_LEFTOVERS: &[&str] = &[
+    "token_embedding.weight",
+    "positional_embedding",
+    "ln_final.weight",
+    "ln_final.bias",
+    "text_projection",
+];
+
+fn block_shapes(prefix: &str, width: usize, mlp: usize, push: &mut impl FnMut(String, Vec<usize>)) {
+    push(format!("{prefix}.ln_1.weight"), vec![width]);
+    push(format!("{prefix}.ln_1.bias"), vec![width]);
+    push(format!("{prefix}.attn.in_proj_weight"), vec![3 * width, width]);
+    push(format!("{prefix}.attn.in_proj_bias"), vec![3 * width]);
+    push(format!("{prefix}.attn.out_proj.weight"), vec![width, width]);
+    push(format!("{prefix}.attn.out_proj.bias"), vec![width]);
+    push(format!("{prefix}.ln_2.weight"), vec![width]);
+    push(format!("{prefix}.ln_2.bias"), vec![width]);
+    push(format!("{prefix}.mlp.c_fc.weight"), vec![mlp, width]);
+    push(format!("{prefix}.mlp.c_fc.bias"), vec![mlp]);
+    push(format!("{prefix}.mlp.c_proj.weight"), vec![width, mlp]);
+    push(format!("{prefix}.mlp.c_proj.bias"), vec![width]);
+}
+
+/// Number of residual blocks under `prefix` (`prefix{i}.…`), i.e. the highest index plus one.
+fn count_blocks(state: &StateDict, prefix: &str) -> usize {
+    state
+        .names()
+        .filter_map(|k| k.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_openai_parameter_counts() {
+        // OpenAI's published totals (image + text towers, logit_scale included).
+        let b32 = ClipArch::preset("ViT-B/32").map(|a| a.num_params());
+        assert_eq!(b32, Some(151_277_313));
+        let b16 = ClipArch::preset("ViT-B-16").map(|a| a.num_params());
+        assert_eq!(b16, Some(149_620_737));
+        let l14 = ClipArch::preset("vit_l_14").map(|a| a.num_params());
+        assert_eq!(l14, Some(427_616_513));
+        assert!(ClipArch::preset("ViT-H-14").is_none());
+    }
+
+    #[test]
+    fn inference_recovers_presets_from_shapes() {
+        for name in ClipArch::preset_names() {
+            let arch = ClipArch::preset(name).expect("preset");
+            let state = StateDict::zeros_like_shapes(&arch.expected_shapes());
+            let inferred = ClipArch::infer(&state, "test").expect("infer");
+            assert_eq!(inferred, arch, "{name}");
+        }
+    }
+
+    #[test]
+    fn inference_without_text_tower() {
+        let mut arch = ClipArch::preset("ViT-B-32").expect("preset");
+        arch.text = None;
+        let state = StateDict::zeros_like_shapes(&arch.expected_shapes());
+        assert_eq!(ClipArch::infer(&state, "t").expect("infer"), arch);
+    }
+}

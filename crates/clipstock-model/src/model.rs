@@ -1,0 +1,504 @@
+//! CLIP in burn. Field names follow OpenAI's state-dict keys, so a module's parameter path is
+//! its canonical checkpoint key (see [`crate::params`]); weights keep PyTorch's layout
+//! (`[out, in]`) so import, export and Model Stock's per-tensor ratios need no transposes.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::module::{attention, embedding, layer_norm, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::arch::{ClipArch, TextArch, VisionArch};
+
+pub const LN_EPS: f64 = 1e-5;
+
+#[derive(Module, Debug)]
+pub struct ClipLayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl ClipLayerNorm {
+    fn new(width: usize, src: &mut ParamSource, prefix: &str) -> Self {
+        ClipLayerNorm {
+            weight: src.param(&format!("{prefix}.weight"), [width], Fill::Ones),
+            bias: src.param(&format!("{prefix}.bias"), [width], Fill::Zeros),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.weight.val(), Some(self.bias.val()), LN_EPS)
+    }
+}
+
+/// `nn.Linear` in PyTorch layout: `weight` is `[out, in]`.
+#[derive(Module, Debug)]
+pub struct ClipLinear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl ClipLinear {
+    pub fn new(d_in: usize, d_out: usize, src: &mut ParamSource, prefix: &str) -> Self {
+        ClipLinear {
+            weight: src.param(
+                &format!("{prefix}.weight"),
+                [d_out, d_in],
+                Fill::Normal((d_in as f32).powf(-0.5)),
+            ),
+            bias: src.param(&format!("{prefix}.bias"), [d_out], Fill::Zeros),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val().transpose(), Some(self.bias.val()))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    pub c_fc: ClipLinear,
+    pub c_proj: ClipLinear,
+}
+
+/// OpenAI CLIP's activation: x·σ(1.702x).
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * sigmoid(x * 1.702)
+}
+
+/// Multi-head attention with one fused `in_proj` (q, k, v stacked along the output axis), as
+/// OpenAI stores it; Model Stock computes one ratio over that fused tensor.
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    pub in_proj_weight: Param<Tensor<2>>,
+    pub in_proj_bias: Param<Tensor<1>>,
+    pub out_proj: ClipLinear,
+    pub heads: usize,
+}
+
+impl ClipAttention {
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let [b, l, w] = x.dims();
+        let h = self.heads;
+        let hd = w / h;
+        let qkv = linear(
+            x,
+            self.in_proj_weight.val().transpose(),
+            Some(self.in_proj_bias.val()),
+        );
+        // [b, l, 3, h, hd] -> three [b, h, l, hd]
+        let qkv = qkv.reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let q = qkv.clone().narrow(0, 0, 1).squeeze_dim::<4>(0);
+        let k = qkv.clone().narrow(0, 1, 1).squeeze_dim::<4>(0);
+        let v = qkv.narrow(0, 2, 1).squeeze_dim::<4>(0);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        let out = attention(q, k, v, None, None, options);
+        let out = out.swap_dims(1, 2).reshape([b, l, w]);
+        self.out_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResidualAttentionBlock {
+    pub ln_1: ClipLayerNorm,
+    pub attn: ClipAttention,
+    pub ln_2: ClipLayerNorm,
+    pub mlp: ClipMlp,
+}
+
+impl ResidualAttentionBlock {
+    fn new(width: usize, heads: usize, mlp: usize, src: &mut ParamSource, prefix: &str) -> Self {
+        ResidualAttentionBlock {
+            ln_1: ClipLayerNorm::new(width, src, &format!("{prefix}.ln_1")),
+            attn: ClipAttention {
+                in_proj_weight: src.param(
+                    &format!("{prefix}.attn.in_proj_weight"),
+                    [3 * width, width],
+                    Fill::Normal((width as f32).powf(-0.5)),
+                ),
+                in_proj_bias: src.param(
+                    &format!("{prefix}.attn.in_proj_bias"),
+                    [3 * width],
+                    Fill::Zeros,
+                ),
+                out_proj: ClipLinear::new(width, width, src, &format!("{prefix}.attn.out_proj")),
+                heads,
+            },
+            ln_2: ClipLayerNorm::new(width, src, &format!("{prefix}.ln_2")),
+            mlp: ClipMlp {
+                c_fc: ClipLinear::new(width, mlp, src, &format!("{prefix}.mlp.c_fc")),
+                c_proj: ClipLinear::new(mlp, width, src, &format!("{prefix}.mlp.c_proj")),
+            },
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
+        let h = self.mlp.c_fc.forward(self.ln_2.forward(x.clone()));
+        x + self.mlp.c_proj.forward(quick_gelu(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTransformer {
+    pub resblocks: Vec<ResidualAttentionBlock>,
+}
+
+impl ClipTransformer {
+    fn new(
+        width: usize,
+        layers: usize,
+        heads: usize,
+        mlp: usize,
+        src: &mut ParamSource,
+        prefix: &str,
+    ) -> Self {
+        ClipTransformer {
+            resblocks: (0..layers)
+                .map(|i| {
+                    let p = format!("{prefix}.resblocks.{i}");
+                    ResidualAttentionBlock::new(width, heads, mlp, src, &p)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn forward(&self, mut x: Tensor<3>, causal: bool) -> Tensor<3> {
+        for block in &self.resblocks {
+            x = block.forward(x, causal);
+        }
+        x
+    }
+}
+
+/// Patch embedding without bias, as OpenAI's `conv1`. Stored in conv layout
+/// `[width, 3, p, p]`; computed as a matmul over non-overlapping patches, which is the same
+/// arithmetic as the strided convolution and much faster on CPU backends.
+#[derive(Module, Debug)]
+pub struct ClipPatchEmbed {
+    pub weight: Param<Tensor<4>>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipVisionTransformer {
+    pub conv1: ClipPatchEmbed,
+    pub class_embedding: Param<Tensor<1>>,
+    pub positional_embedding: Param<Tensor<2>>,
+    pub ln_pre: ClipLayerNorm,
+    pub transformer: ClipTransformer,
+    pub ln_post: ClipLayerNorm,
+    pub proj: Param<Tensor<2>>,
+    pub patch_size: usize,
+}
+
+impl ClipVisionTransformer {
+    pub fn new(arch: &VisionArch, embed_dim: usize, src: &mut ParamSource) -> Self {
+        let w = arch.width;
+        let p = arch.patch_size;
+        let scale = Fill::Normal((w as f32).powf(-0.5));
+        ClipVisionTransformer {
+            conv1: ClipPatchEmbed {
+                weight: src.param(
+                    "visual.conv1.weight",
+                    [w, 3, p, p],
+                    Fill::Normal((3.0 * (p * p) as f32).powf(-0.5)),
+                ),
+            },
+            class_embedding: src.param("visual.class_embedding", [w], scale),
+            positional_embedding: src.param("visual.positional_embedding", [arch.seq_len(), w], scale),
+            ln_pre: ClipLayerNorm::new(w, src, "visual.ln_pre"),
+            transformer: ClipTransformer::new(
+                w,
+                arch.layers,
+                arch.heads,
+                arch.mlp_width,
+                src,
+                "visual.transformer",
+            ),
+            ln_post: ClipLayerNorm::new(w, src, "visual.ln_post"),
+            proj: src.param("visual.proj", [w, embed_dim], scale),
+            patch_size: p,
+        }
+    }
+
+    /// `images`: `[batch, 3, size, size]`, already CLIP-normalised. Returns `[batch, embed]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let [b, c, hgt, wid] = images.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (hgt / p, wid / p);
+        let weight = self.conv1.weight.val();
+        let [width, _, _, _] = weight.dims();
+        let patches = images
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, gh * gw, c * p * p]);
+        let x = patches.matmul(
+            weight
+                .reshape([width, c * p * p])
+                .transpose()
+                .unsqueeze_dim::<3>(0),
+        );
+        let cls = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, width])
+            .expand([b, 1, width]);
+        let x = Tensor::cat(vec![cls, x], 1);
+        let x = x + self.positional_embedding.val().unsqueeze_dim::<3>(0);
+        let x = self.ln_pre.forward(x);
+        let x = self.transformer.forward(x, false);
+        let cls = x.narrow(1, 0, 1).squeeze_dim::<2>(1);
+        let cls = self.ln_post.forward(cls);
+        cls.matmul(self.proj.val())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTokenEmbedding {
+    pub weight: Param<Tensor<2>>,
+}
+
+/// The text tower. Its fields sit at the top level of OpenAI's state dict (no `text.` prefix);
+/// [`crate::params`] maps the module path accordingly.
+#[derive(Module, Debug)]
+pub struct ClipTextTransformer {
+    pub token_embedding: ClipTokenEmbedding,
+    pub positional_embedding: Param<Tensor<2>>,
+    pub transformer: ClipTransformer,
+    pub ln_final: ClipLayerNorm,
+    pub text_projection: Param<Tensor<2>>,
+}
+
+impl ClipTextTransformer {
+    pub fn new(arch: &TextArch, embed_dim: usize, src: &mut ParamSource) -> Self {
+        let w = arch.width;
+        ClipTextTransformer {
+            token_embedding: ClipTokenEmbedding {
+                weight: src.param(
+                    "token_embedding.weight",
+                    [arch.vocab_size, w],
+                    Fill::Normal(0.02),
+                ),
+            },
+            positional_embedding: src.param(
+                "positional_embedding",
+                [arch.context_length, w],
+                Fill::Normal(0.01),
+            ),
+            transformer: ClipTransformer::new(
+                w,
+                arch.layers,
+                arch.heads,
+                arch.mlp_width,
+                src,
+                "transformer",
+            ),
+            ln_final: ClipLayerNorm::new(w, src, "ln_final"),
+            text_projection: src.param(
+                "text_projection",
+                [w, embed_dim],
+                Fill::Normal((w as f32).powf(-0.5)),
+            ),
+        }
+    }
+
+    /// `tokens`: `[batch, context]` token ids, zero-padded after the end-of-text token.
+    /// Pools at the argmax token id (the end-of-text token has the largest id), as OpenAI does.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<2> {
+        let [b, l] = tokens.dims();
+        let x = embedding(self.token_embedding.weight.val(), tokens.clone());
+        let pos = self.positional_embedding.val().narrow(0, 0, l);
+        let x = x + pos.unsqueeze_dim::<3>(0);
+        let x = self.transformer.forward(x, true);
+        let [_, _, w] = x.dims();
+        let eot = tokens.argmax(1).reshape([b, 1, 1]).expand([b, 1, w]);
+        let pooled = x.gather(1, eot).reshape([b, w]);
+        // LayerNorm is per position, so normalising only the pooled rows is exact.
+        let pooled = self.ln_final.forward(pooled);
+        pooled.matmul(self.text_projection.val())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipModel {
+    pub visual: ClipVisionTransformer,
+    pub text: Option<ClipTextTransformer>,
+    /// Stored 0-dim in PyTorch; burn has no rank-0 tensors, so `[1]` here.
+    pub logit_scale: Param<Tensor<1>>,
+}
+
+impl ClipModel {
+    /// A randomly initialised model (OpenAI's init scales; for benchmarks and tests).
+    pub fn random(arch: &ClipArch, seed: u64, device: &Device) -> Self {
+        Self::build(arch, &mut ParamSource::random(seed, device))
+    }
+
+    /// Builds the model from `src`, which must hold every tensor of `arch` in canonical naming
+    /// (see [`crate::load`], which validates a checkpoint before calling this).
+    pub fn build(arch: &ClipArch, src: &mut ParamSource) -> Self {
+        ClipModel {
+            visual: ClipVisionTransformer::new(&arch.vision, arch.embed_dim, src),
+            text: arch
+                .text
+                .as_ref()
+                .map(|t| ClipTextTransformer::new(t, arch.embed_dim, src)),
+            logit_scale: src.param("logit_scale", [1], Fill::Const((1.0f32 / 0.07).ln())),
+        }
+    }
+
+    pub fn encode_image(&self, images: Tensor<4>) -> Tensor<2> {
+        self.visual.forward(images)
+    }
+
+    /// `None` when the checkpoint had no text tower.
+    pub fn encode_text(&self, tokens: Tensor<2, Int>) -> Option<Tensor<2>> {
+        self.text.as_ref().map(|t| t.forward(tokens))
+    }
+}
+
+/// `encode_image` → L2 normalise → linear head: the model that is fine-tuned and merged. The
+/// paths `model.*` / `classification_head.*` are model-soups' state-dict keys.
+#[derive(Module, Debug)]
+pub struct ImageClassifier {
+    pub model: ClipModel,
+    pub classification_head: ClipLinear,
+}
+
+impl ImageClassifier {
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let f = self.model.encode_image(images);
+        self.classification_head.forward(l2_normalize(f))
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.classification_head.bias.dims()[0]
+    }
+}
+
+/// Row-wise L2 normalisation, as `f / f.norm(dim=-1, keepdim=True)`.
+pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt();
+    x / norm
+}
+
+/// How a freshly initialised parameter is filled when no checkpoint provides it.
+#[derive(Debug, Clone, Copy)]
+pub enum Fill {
+    Normal(f32),
+    Ones,
+    Zeros,
+    Const(f32),
+}
+
+/// Where module constructors take their parameters from: a deterministic random initialiser
+/// or a validated state dict in canonical naming. One constructor tree serves both, so the
+/// module layout and the checkpoint key list cannot drift apart.
+pub struct ParamSource<'a> {
+    device: Device,
+    kind: SourceKind<'a>,
+}
+
+enum SourceKind<'a> {
+    Random(Init),
+    State {
+        state: &'a crate::state::StateDict,
+        missing: Vec<String>,
+    },
+}
+
+impl<'a> ParamSource<'a> {
+    pub fn random(seed: u64, device: &Device) -> Self {
+        ParamSource {
+            device: device.clone(),
+            kind: SourceKind::Random(Init::new(seed)),
+        }
+    }
+
+    /// Parameters from `state`, which callers validate first ([`crate::load::validate`]).
+    /// Anything still missing is recorded, never filled in: check [`ParamSource::missing`].
+    pub fn state(state: &'a crate::state::StateDict, device: &Device) -> Self {
+        ParamSource {
+            device: device.clone(),
+            kind: SourceKind::State {
+                state,
+                missing: Vec::new(),
+            },
+        }
+    }
+
+    /// Tensors a state source could not provide (wrong name or element count).
+    pub fn missing(&self) -> &[String] {
+        match &self.kind {
+            SourceKind::Random(_) => &[],
+            SourceKind::State { missing, .. } => missing,
+        }
+    }
+
+    pub fn param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        fill: Fill,
+    ) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        let data = match &mut self.kind {
+            SourceKind::Random(init) => match fill {
+                Fill::Normal(std) => init.normal_vec(n, std),
+                Fill::Ones => vec![1.0; n],
+                Fill::Zeros => vec![0.0; n],
+                Fill::Const(c) => vec![c; n],
+            },
+            SourceKind::State { state, missing } => match state.get(name) {
+                Some(t) if t.data.len() == n => t.data.clone(),
+                _ => {
+                    missing.push(name.to_string());
+                    vec![0.0; n]
+                }
+            },
+        };
+        Param::from_data(TensorData::new(data, shape), &self.device)
+    }
+}
+
+/// Deterministic normal initialiser (Box–Muller over a splitmix64 stream), so random models are
+/// identical on every backend and machine.
+pub struct Init {
+    state: u64,
+}
+
+impl Init {
+    pub fn new(seed: u64) -> Self {
+        Init {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let (u1, u2) = (self.uniform(), self.uniform());
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = std::f32::consts::TAU * u2;
+            out.push(r * t.cos() * std);
+            out.push(r * t.sin() * std);
+        }
+        out.truncate(n);
+        out
+    }
+}

@@ -1,0 +1,114 @@
+//! The zero-shot classification head: class names × prompt templates through the text tower.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::error::{ModelError, Result};
+use crate::load::head_state;
+use crate::model::{ClipModel, l2_normalize};
+use crate::state::StateDict;
+use crate::tokenizer::ClipTokenizer;
+
+/// OpenAI's zero-shot logit scale for the head: weights are 100 × the unit class embeddings.
+pub const HEAD_SCALE: f32 = 100.0;
+
+/// Reads a JSON array of strings (class names or templates), naming the file on error.
+pub fn read_string_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let list: Vec<String> = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        reason: format!("expected a JSON array of strings: {e}"),
+    })?;
+    if list.is_empty() {
+        return Err(ModelError::Json {
+            path: path.to_path_buf(),
+            reason: "the list is empty".into(),
+        });
+    }
+    Ok(list)
+}
+
+/// Fills a template's `{}` with the class name, as Python's `template.format(name)` does for the
+/// OpenAI templates (each has exactly one `{}`).
+pub fn fill_template(template: &str, classname: &str) -> String {
+    template.replacen("{}", classname, 1)
+}
+
+/// Builds the `[classes, embed]` head weight: for each class, encode every filled template,
+/// L2-normalise each embedding, average, L2-normalise again, scale by 100. `progress` is called
+/// with the number of classes done after each batch.
+pub fn zeroshot_weights(
+    model: &ClipModel,
+    tokenizer: &ClipTokenizer,
+    classnames: &[String],
+    templates: &[String],
+    classes_per_batch: usize,
+    device: &Device,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<f32>> {
+    let Some(text) = model.text.as_ref() else {
+        return Err(ModelError::Invalid {
+            context: "zero-shot head".into(),
+            reason: "the checkpoint has no text tower".into(),
+        });
+    };
+    let ctx = tokenizer.context_length();
+    let t = templates.len();
+    let mut weights = Vec::new();
+    let mut done = 0;
+    for chunk in classnames.chunks(classes_per_batch.max(1)) {
+        let prompts: Vec<String> = chunk
+            .iter()
+            .flat_map(|c| templates.iter().map(move |tpl| fill_template(tpl, c)))
+            .collect();
+        let ids: Vec<i64> = tokenizer
+            .encode_batch(&prompts)
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(ids, [prompts.len(), ctx]), device);
+        let emb = l2_normalize(text.forward(tokens));
+        let [_, d] = emb.dims();
+        let mean = emb.reshape([chunk.len(), t, d]).mean_dim(1).reshape([chunk.len(), d]);
+        let head = l2_normalize(mean) * HEAD_SCALE;
+        let data = head
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| ModelError::Invalid {
+                context: "zero-shot head".into(),
+                reason: format!("{e:?}"),
+            })?;
+        weights.extend(data);
+        done += chunk.len();
+        progress(done);
+    }
+    Ok(weights)
+}
+
+/// The head as a state dict (`classification_head.weight` = weights, bias 0).
+pub fn zeroshot_head(
+    model: &ClipModel,
+    tokenizer: &ClipTokenizer,
+    classnames: &[String],
+    templates: &[String],
+    classes_per_batch: usize,
+    device: &Device,
+    progress: impl FnMut(usize),
+) -> Result<StateDict> {
+    let w = zeroshot_weights(
+        model,
+        tokenizer,
+        classnames,
+        templates,
+        classes_per_batch,
+        device,
+        progress,
+    )?;
+    let embed = w.len() / classnames.len().max(1);
+    Ok(head_state(w, classnames.len(), embed))
+}

@@ -101,7 +101,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
 fn random_classifier(arch: &ClipArch, device: &Device) -> ImageClassifier {
     let mut src = ParamSource::random(1, device);
     let model = ClipModel::build(arch, &mut src);
-    let classification_head = ClipLinear::new(arch.embed_dim, 1000, &mut src, "classification_head");
+    let classification_head =
+        ClipLinear::new(arch.embed_dim, 1000, &mut src, "classification_head");
     ImageClassifier {
         model,
         classification_head,

@@ -18,7 +18,11 @@ use clipstock_model::{ClipArch, ClipModel, ClipTokenizer, DType, DeviceSpec, Nam
 mod bench;
 
 #[derive(Parser)]
-#[command(name = "clipstock", version, about = "Fine-tune CLIP ViT classifiers with Model Stock")]
+#[command(
+    name = "clipstock",
+    version,
+    about = "Fine-tune CLIP ViT classifiers with Model Stock"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -147,11 +151,9 @@ fn run(cli: Cli) -> Result<()> {
 fn progress(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -293,7 +295,10 @@ fn forward(a: ForwardArgs) -> Result<()> {
         }
         None => {
             let mut init = clipstock_model::model::Init::new(0);
-            (init.normal_vec(4 * 3 * size * size, 1.0), [4, 3, size, size])
+            (
+                init.normal_vec(4 * 3 * size * size, 1.0),
+                [4, 3, size, size],
+            )
         }
     };
     let images = Tensor::<4>::from_data(TensorData::new(data, shape), &device);

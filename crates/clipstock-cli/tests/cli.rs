@@ -11,7 +11,9 @@ fn root() -> PathBuf {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    root().join("crates/clipstock-model/tests/fixtures").join(name)
+    root()
+        .join("crates/clipstock-model/tests/fixtures")
+        .join(name)
 }
 
 fn clipstock(args: &[&str]) -> Output {
@@ -56,7 +58,11 @@ fn zeroshot_reproduces_open_clip_head() {
         "--out",
         out.to_str().expect("utf8"),
     ]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let head = StateDict::read(&out).expect("head");
     let want = StateDict::read(&fixture("parity_expected.safetensors")).expect("expected");
     let got = &head.get("classification_head.weight").expect("weight").data;
@@ -77,10 +83,21 @@ fn info_and_forward_run_on_the_fixture() {
     let w = fixture("openclip_tiny.safetensors");
     let res = clipstock(&["info", w.to_str().expect("utf8")]);
     let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    assert!(stdout.contains("naming:     openai") && stdout.contains("validation: ok"), "{stdout}");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("naming:     openai") && stdout.contains("validation: ok"),
+        "{stdout}"
+    );
     let res = clipstock(&["forward", "--weights", w.to_str().expect("utf8")]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     assert!(String::from_utf8_lossy(&res.stdout).contains("image 3:"));
 }
 
@@ -101,7 +118,11 @@ fn missing_tensor_is_named() {
     let out = clipstock(&["info", p.to_str().expect("utf8")]);
     assert_fails_with(
         &out,
-        &["bad.safetensors", "missing tensor", "visual.transformer.resblocks.1.ln_2.bias"],
+        &[
+            "bad.safetensors",
+            "missing tensor",
+            "visual.transformer.resblocks.1.ln_2.bias",
+        ],
     );
 }
 
@@ -146,7 +167,10 @@ fn non_clip_files_are_rejected() {
     let txt = dir.path().join("readme.txt");
     std::fs::write(&txt, "just text").expect("write");
     let out = clipstock(&["info", txt.to_str().expect("utf8")]);
-    assert_fails_with(&out, &["readme.txt", "neither a safetensors file nor a PyTorch"]);
+    assert_fails_with(
+        &out,
+        &["readme.txt", "neither a safetensors file nor a PyTorch"],
+    );
 
     let out = clipstock(&["info", "does/not/exist.safetensors"]);
     assert_fails_with(&out, &["does/not/exist.safetensors"]);

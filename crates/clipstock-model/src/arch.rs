@@ -149,7 +149,9 @@ impl ClipArch {
         let v_mlp = shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
         let proj = shape("visual.proj")?;
         if proj.len() != 2 {
-            return Err(bad(format!("`visual.proj` has shape {proj:?}, expected 2 dims")));
+            return Err(bad(format!(
+                "`visual.proj` has shape {proj:?}, expected 2 dims"
+            )));
         }
         let vision = VisionArch {
             image_size: grid * patch,
@@ -200,7 +202,10 @@ impl ClipArch {
         let v = &self.vision;
         let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
         push("visual.class_embedding".into(), vec![v.width]);
-        push("visual.positional_embedding".into(), vec![v.seq_len(), v.width]);
+        push(
+            "visual.positional_embedding".into(),
+            vec![v.seq_len(), v.width],
+        );
         push("visual.proj".into(), vec![v.width, self.embed_dim]);
         push(
             "visual.conv1.weight".into(),
@@ -219,7 +224,10 @@ impl ClipArch {
         push("visual.ln_post.weight".into(), vec![v.width]);
         push("visual.ln_post.bias".into(), vec![v.width]);
         if let Some(t) = &self.text {
-            push("positional_embedding".into(), vec![t.context_length, t.width]);
+            push(
+                "positional_embedding".into(),
+                vec![t.context_length, t.width],
+            );
             push("text_projection".into(), vec![t.width, self.embed_dim]);
             push("logit_scale".into(), vec![]);
             push("token_embedding.weight".into(), vec![t.vocab_size, t.width]);
@@ -269,7 +277,10 @@ const TEXT_LEFTOVERS: &[&str] = &[
 fn block_shapes(prefix: &str, width: usize, mlp: usize, push: &mut impl FnMut(String, Vec<usize>)) {
     push(format!("{prefix}.ln_1.weight"), vec![width]);
     push(format!("{prefix}.ln_1.bias"), vec![width]);
-    push(format!("{prefix}.attn.in_proj_weight"), vec![3 * width, width]);
+    push(
+        format!("{prefix}.attn.in_proj_weight"),
+        vec![3 * width, width],
+    );
     push(format!("{prefix}.attn.in_proj_bias"), vec![3 * width]);
     push(format!("{prefix}.attn.out_proj.weight"), vec![width, width]);
     push(format!("{prefix}.attn.out_proj.bias"), vec![width]);

@@ -142,7 +142,10 @@ mod tests {
     #[test]
     fn parse() {
         assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
-        assert_eq!("CUDA:3".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(3)));
+        assert_eq!(
+            "CUDA:3".parse::<DeviceSpec>().ok(),
+            Some(DeviceSpec::Cuda(3))
+        );
         assert_eq!("wgpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Wgpu(0)));
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert!("cuda:x".parse::<DeviceSpec>().is_err());

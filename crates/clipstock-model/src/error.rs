@@ -23,7 +23,9 @@ pub enum ModelError {
     TorchScript { path: PathBuf },
     #[error("{path} is neither a safetensors file nor a PyTorch checkpoint (first bytes: {magic})")]
     UnknownFormat { path: PathBuf, magic: String },
-    #[error("{path}: tensor `{name}` has unsupported dtype {dtype} (expected f32, f16, bf16 or f64)")]
+    #[error(
+        "{path}: tensor `{name}` has unsupported dtype {dtype} (expected f32, f16, bf16 or f64)"
+    )]
     UnsupportedDtype {
         path: PathBuf,
         name: String,

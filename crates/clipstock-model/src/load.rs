@@ -218,12 +218,11 @@ impl ModuleVisitor for Collector {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
         let shape = t.dims().to_vec();
-        let data = t
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
-        self.out
-            .push((self.path.join("."), HostTensor::new(shape, DType::F32, data)));
+        let data = t.into_data().try_into_vec_as::<f32>().unwrap_or_default();
+        self.out.push((
+            self.path.join("."),
+            HostTensor::new(shape, DType::F32, data),
+        ));
     }
 }
 
@@ -289,4 +288,3 @@ pub fn with_dtypes_of(mut state: StateDict, like: &StateDict) -> StateDict {
     }
     state
 }
-

@@ -209,7 +209,11 @@ impl ClipVisionTransformer {
                 ),
             },
             class_embedding: src.param("visual.class_embedding", [w], scale),
-            positional_embedding: src.param("visual.positional_embedding", [arch.seq_len(), w], scale),
+            positional_embedding: src.param(
+                "visual.positional_embedding",
+                [arch.seq_len(), w],
+                scale,
+            ),
             ln_pre: ClipLayerNorm::new(w, src, "visual.ln_pre"),
             transformer: ClipTransformer::new(
                 w,

@@ -152,7 +152,10 @@ const TOP_RENAMES: &[(&str, &str)] = &[
     ),
     ("vision_model.pre_layrnorm.weight", "visual.ln_pre.weight"),
     ("vision_model.pre_layrnorm.bias", "visual.ln_pre.bias"),
-    ("vision_model.post_layernorm.weight", "visual.ln_post.weight"),
+    (
+        "vision_model.post_layernorm.weight",
+        "visual.ln_post.weight",
+    ),
     ("vision_model.post_layernorm.bias", "visual.ln_post.bias"),
     (
         "text_model.embeddings.token_embedding.weight",
@@ -177,7 +180,10 @@ const PROJECTIONS: &[(&str, &str)] = &[
 ];
 
 const TOWERS: &[(&str, &str)] = &[
-    ("vision_model.encoder.layers.", "visual.transformer.resblocks."),
+    (
+        "vision_model.encoder.layers.",
+        "visual.transformer.resblocks.",
+    ),
     ("text_model.encoder.layers.", "transformer.resblocks."),
 ];
 

@@ -301,9 +301,7 @@ impl StateDict {
                     });
                 }
             };
-            let bytes = t
-                .read()
-                .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+            let bytes = t.read().map_err(|e| err(format!("tensor `{name}`: {e}")))?;
             let shape = t.shape().to_vec();
             let expected = shape.iter().product::<usize>() * dtype.size();
             if bytes.len() != expected {
@@ -426,10 +424,7 @@ mod tests {
 
     fn sample() -> StateDict {
         let mut sd = StateDict::new();
-        sd.insert(
-            "b",
-            HostTensor::new(vec![2], DType::F16, vec![1.5, -2.0]),
-        );
+        sd.insert("b", HostTensor::new(vec![2], DType::F16, vec![1.5, -2.0]));
         sd.insert(
             "a",
             HostTensor::new(vec![1, 2], DType::Bf16, vec![0.25, 3.0]),
@@ -459,7 +454,10 @@ mod tests {
         let bytes = std::fs::read(&p).expect("read");
         std::fs::write(&p, &bytes[..bytes.len() - 3]).expect("write");
         let err = StateDict::read(&p).expect_err("must fail").to_string();
-        assert!(err.contains("x.safetensors") && err.contains("not a valid safetensors"), "{err}");
+        assert!(
+            err.contains("x.safetensors") && err.contains("not a valid safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -468,7 +466,10 @@ mod tests {
         let p = dir.path().join("notes.txt");
         std::fs::write(&p, b"hello world, not a checkpoint").expect("write");
         let err = StateDict::read(&p).expect_err("must fail").to_string();
-        assert!(err.contains("notes.txt") && err.contains("neither"), "{err}");
+        assert!(
+            err.contains("notes.txt") && err.contains("neither"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -74,7 +74,10 @@ pub fn zeroshot_weights(
             Tensor::<2, Int>::from_data(TensorData::new(ids, [prompts.len(), ctx]), device);
         let emb = l2_normalize(text.forward(tokens));
         let [_, d] = emb.dims();
-        let mean = emb.reshape([chunk.len(), t, d]).mean_dim(1).reshape([chunk.len(), d]);
+        let mean = emb
+            .reshape([chunk.len(), t, d])
+            .mean_dim(1)
+            .reshape([chunk.len(), d]);
         let head = l2_normalize(mean) * HEAD_SCALE;
         let data = head
             .into_data()

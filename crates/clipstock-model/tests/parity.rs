@@ -15,8 +15,9 @@ use clipstock_model::{ClipArch, ClipTokenizer, DeviceSpec, Naming, StateDict};
 
 /// f32 on a CPU backend. Features are O(1), so this is close to a relative bound too.
 const CPU_TOL: f32 = 1e-4;
-/// wgpu (lavapipe or a GPU) reorders reductions and may use fused multiply-add.
-const WGPU_TOL: f32 = 5e-4;
+/// wgpu (lavapipe or a GPU) may reorder reductions and fuse multiply-adds; measured ~2e-6 on
+/// lavapipe, so the same bound holds.
+const WGPU_TOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -294,7 +295,10 @@ fn classifier_state_uses_model_soups_keys() {
     let device = DeviceSpec::Flex.device().expect("flex");
     let c = ckpt.classifier(None, &device).expect("classifier");
     let state = clipstock_model::load::with_extras(classifier_state(&c), &ckpt.extras());
-    assert!(ckpt.arch.text.is_none(), "model-soups drops the text transformer");
+    assert!(
+        ckpt.arch.text.is_none(),
+        "model-soups drops the text transformer"
+    );
     let soups = clipstock_model::naming::from_canonical(&state, Naming::ModelSoups).expect("names");
     let mut want: Vec<&str> = ckpt.state.names().collect();
     want.sort();
@@ -349,8 +353,10 @@ fn preset_shapes_match_hf_tables() {
     let arch = ClipArch::preset("ViT-B-32").expect("preset");
     let zeros = StateDict::zeros_like_shapes(&arch.expected_shapes());
     let hf = clipstock_model::naming::from_canonical(&zeros, Naming::Hf).expect("hf");
-    let mut got: Vec<(String, Vec<usize>)> =
-        hf.iter().map(|(k, t)| (k.to_string(), t.shape.clone())).collect();
+    let mut got: Vec<(String, Vec<usize>)> = hf
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.shape.clone()))
+        .collect();
     got.sort();
     let want: Vec<(String, Vec<usize>)> = shapes_of(&table["ViT-B-32"])
         .into_iter()

@@ -244,7 +244,7 @@ impl StateDict {
         // The safetensors writer reorders tensors (by dtype, then name), so the file keeps no
         // meaningful order; use the natural one, as for pickles.
         let mut entries: Vec<_> = st.tensors();
-        entries.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+        entries.sort_by_key(|a| natural_key(&a.0));
         let mut out = StateDict::new();
         for (name, view) in entries {
             let dtype = match view.dtype() {
@@ -281,7 +281,7 @@ impl StateDict {
         let tensors = reader.into_tensors();
         let mut names: Vec<String> = tensors.keys().cloned().collect();
         // Pickled dicts come back as a hash map; sort for a stable, human-friendly order.
-        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        names.sort_by_key(|a| natural_key(a));
         let mut out = StateDict::new();
         for name in names {
             let Some(t) = tensors.get(&name) else {
@@ -473,9 +473,24 @@ mod tests {
     }
 
     #[test]
+    fn torchscript_archives_point_to_the_converter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("ViT-B-32.pt");
+        // A zip whose directory lists TorchScript's `constants.pkl`, as OpenAI's archives do.
+        let mut bytes = b"PK\x03\x04".to_vec();
+        bytes.extend_from_slice(b"....ViT-B-32/code/__torch__.py....ViT-B-32/constants.pkl....");
+        std::fs::write(&p, &bytes).expect("write");
+        let err = StateDict::read(&p).expect_err("must fail").to_string();
+        assert!(
+            err.contains("TorchScript") && err.contains("convert_openai_checkpoint.py"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn natural_order() {
         let mut v = vec!["x.10.w", "x.9.w", "x.1.w"];
-        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        v.sort_by_key(|a| natural_key(a));
         assert_eq!(v, ["x.1.w", "x.9.w", "x.10.w"]);
     }
 }

@@ -251,6 +251,7 @@ fn hf_to_canonical(mut state: StateDict, context: &str) -> Result<StateDict> {
             continue;
         };
         let base = format!("{hf_prefix}{index}.self_attn");
+        let shape_hint = t.shape.clone();
         let mut parts = Vec::with_capacity(3);
         let mut current = Some(t);
         for p in ["q_proj", "k_proj", "v_proj"] {
@@ -263,7 +264,7 @@ fn hf_to_canonical(mut state: StateDict, context: &str) -> Result<StateDict> {
                 return Err(ModelError::MissingTensor {
                     context: context.to_string(),
                     name: format!("{base}.{p}.{kind}"),
-                    expected: vec![],
+                    expected: shape_hint,
                 });
             };
             parts.push(part);

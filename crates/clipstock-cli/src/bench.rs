@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
 use clipstock_model::{ClipArch, ClipModel, DeviceSpec};
@@ -30,9 +30,16 @@ pub struct BenchArgs {
     /// Timed iterations (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// What to time: eval, train or both.
-    #[arg(long, default_value = "both")]
-    what: String,
+    /// What to time.
+    #[arg(long, value_enum, default_value = "both")]
+    what: What,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum What {
+    Eval,
+    Train,
+    Both,
 }
 
 struct Row {
@@ -54,7 +61,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     arch.text = None;
     let mut rows = Vec::new();
     for spec in &a.device {
-        if a.what == "eval" || a.what == "both" {
+        if a.what != What::Train {
             let device = spec.device()?;
             let secs = time_eval(&arch, a.eval_batch, a.iters, &device);
             rows.push(Row {
@@ -65,7 +72,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             });
             eprintln!("{spec} eval: {:.3}s/iter", secs);
         }
-        if a.what == "train" || a.what == "both" {
+        if a.what != What::Eval {
             let device = spec.autodiff_device()?;
             let secs = time_train(&arch, a.train_batch, a.iters, &device);
             rows.push(Row {

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use clipstock_model::load::{Checkpoint, classifier_state, export, module_state};
 use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
-use clipstock_model::{ClipArch, ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
+use clipstock_model::{ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
 
 mod bench;
 
@@ -344,14 +344,4 @@ fn create_parent(path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     Ok(())
-}
-
-#[allow(dead_code)]
-fn preset(name: &str) -> Result<ClipArch> {
-    ClipArch::preset(name).with_context(|| {
-        format!(
-            "unknown model `{name}` (presets: {})",
-            ClipArch::preset_names().join(", ")
-        )
-    })
 }

@@ -16,6 +16,7 @@ use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
 use clipstock_model::{ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
 
 mod bench;
+mod merge_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,8 @@ enum Command {
     Export(ExportArgs),
     /// Encode images with a checkpoint (and classify them with a head), printing features.
     Forward(ForwardArgs),
+    /// Merge fine-tuned checkpoints: Model Stock, uniform soup, WiSE-FT, task arithmetic.
+    Merge(merge_cmd::MergeArgs),
     /// Throughput of the forward pass and the training step on random weights.
     Bench(bench::BenchArgs),
 }
@@ -144,6 +147,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info(a),
         Command::Export(a) => export_cmd(a),
         Command::Forward(a) => forward(a),
+        Command::Merge(a) => merge_cmd::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -182,3 +182,81 @@ fn unknown_device_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
 }
+
+fn merge_fixture(name: &str) -> String {
+    root()
+        .join("crates/clipstock-merge/tests/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .to_string()
+}
+
+#[test]
+fn merge_reproduces_the_numpy_model_stock_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("merged.safetensors");
+    let report = dir.path().join("report.json");
+    for (models, expected) in [
+        (vec!["model1", "model2"], "expected_n2.safetensors"),
+        (
+            vec!["model1", "model2", "model3"],
+            "expected_n3.safetensors",
+        ),
+    ] {
+        let mut args = vec![
+            "merge".to_string(),
+            "--anchor".into(),
+            merge_fixture("w0.safetensors"),
+            "--models".into(),
+        ];
+        args.extend(
+            models
+                .iter()
+                .map(|m| merge_fixture(&format!("{m}.safetensors"))),
+        );
+        args.extend([
+            "--out".into(),
+            out.to_string_lossy().to_string(),
+            "--report".into(),
+            report.to_string_lossy().to_string(),
+        ]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let res = clipstock(&argv);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let got = StateDict::read(&out).expect("merged");
+        let want = StateDict::read(Path::new(&merge_fixture(expected))).expect("expected");
+        for (name, w) in want.iter() {
+            let g = got.get(name).unwrap_or_else(|| panic!("{name} missing"));
+            for (a, b) in g.data.iter().zip(&w.data) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{name}: {a} vs {b}"
+                );
+            }
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+        assert!(json["tensors"].as_array().is_some_and(|t| !t.is_empty()));
+    }
+}
+
+#[test]
+fn merge_with_one_model_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("merged.safetensors");
+    let res = clipstock(&[
+        "merge",
+        "--anchor",
+        &merge_fixture("w0.safetensors"),
+        "--models",
+        &merge_fixture("model1.safetensors"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_fails_with(&res, &["2"]);
+    assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
+}

@@ -389,13 +389,14 @@ fn detect_format(bytes: &[u8]) -> Format {
     if bytes.starts_with(b"PK\x03\x04") {
         return Format::Zip;
     }
-    // Legacy torch.save: a pickle (protocol opcode 0x80) starting with the magic number.
-    if bytes.first() == Some(&0x80) {
-        return Format::LegacyPickle;
-    }
-    // safetensors: u64 LE header length, then a JSON object.
+    // safetensors: u64 LE header length, then a JSON object. Checked before the pickle test:
+    // the length's low byte can be 0x80 too.
     if bytes.len() >= 9 && bytes[8] == b'{' {
         return Format::Safetensors;
+    }
+    // Legacy torch.save: a pickle (PROTO opcode 0x80, protocol 2..5).
+    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        return Format::LegacyPickle;
     }
     Format::Unknown
 }
@@ -485,6 +486,17 @@ mod tests {
             err.contains("TorchScript") && err.contains("convert_openai_checkpoint.py"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn safetensors_whose_header_length_starts_with_0x80_is_not_a_pickle() {
+        let mut bytes = vec![0x80, 0, 0, 0, 0, 0, 0, 0, b'{'];
+        bytes.extend_from_slice(&[b' '; 0x7f]);
+        assert!(matches!(detect_format(&bytes), Format::Safetensors));
+        assert!(matches!(
+            detect_format(&[0x80, 0x02, 0x8a]),
+            Format::LegacyPickle
+        ));
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! `clipstock merge`: Model Stock and the soup baselines on checkpoints users already have.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+use clipstock_merge::{
+    DType, HF_QKV_GROUP, MergeOptions, Method, ReadMode, SafetensorsFile, merge_files,
+    wise_ft_files,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MethodArg {
+    ModelStock,
+    Uniform,
+    WiseFt,
+    TaskArithmetic,
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    #[arg(long, value_enum, default_value = "model-stock")]
+    method: MethodArg,
+    /// The pretrained weights w0 (not needed by `uniform`).
+    #[arg(long)]
+    anchor: Option<PathBuf>,
+    /// Fine-tuned models (safetensors, same keys and shapes as the anchor).
+    #[arg(long, num_args = 1.., required = true)]
+    models: Vec<PathBuf>,
+    /// Output safetensors. With several `--alpha`, one file per α: `<stem>_alpha<α>.safetensors`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Per-tensor report (cos, angle, t, delta norms, flags) as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Clamp Model Stock's ratio t into [0, 1] (default: the official, unclamped formula).
+    #[arg(long)]
+    clamp_t: bool,
+    /// WiSE-FT mixing coefficients (repeatable).
+    #[arg(long = "alpha")]
+    alphas: Vec<f64>,
+    /// Task-arithmetic scale.
+    #[arg(long, default_value_t = 1.0)]
+    lambda: f64,
+    /// Merge only tensors matching one of these regexes (repeatable); the rest are averaged.
+    #[arg(long)]
+    include: Vec<String>,
+    /// Never merge tensors matching these regexes (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Output dtype (f32, f16, bf16); default: the anchor's.
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+pub fn run(a: MergeArgs) -> Result<()> {
+    let method = match a.method {
+        MethodArg::ModelStock => Method::ModelStock { clamp_t: a.clamp_t },
+        MethodArg::Uniform => Method::UniformSoup,
+        MethodArg::TaskArithmetic => Method::TaskArithmetic { lambda: a.lambda },
+        MethodArg::WiseFt => Method::WiseFt {
+            alpha: *a
+                .alphas
+                .first()
+                .context("wise-ft needs at least one --alpha")?,
+        },
+    };
+    let mut opts = MergeOptions::new(method);
+    opts.include = a.include.clone();
+    opts.exclude = a.exclude.clone();
+    if let Some(s) = &a.dtype {
+        opts.output_dtype =
+            Some(DType::parse_float(s).with_context(|| format!("unknown dtype `{s}`"))?);
+    }
+    // HF checkpoints store q/k/v separately; grouping them gives the ratio OpenAI's fused
+    // `in_proj_weight` gets, so results do not depend on the naming.
+    if let Some(first) = a.models.first()
+        && has_split_qkv(first)?
+    {
+        opts.groups.push(HF_QKV_GROUP.to_string());
+    }
+    let anchor = a.anchor.as_deref();
+    if a.method == MethodArg::WiseFt {
+        let anchor = anchor.context("wise-ft needs --anchor")?;
+        let outputs: Vec<(f64, PathBuf)> = if a.alphas.len() == 1 {
+            vec![(a.alphas[0], a.out.clone())]
+        } else {
+            a.alphas
+                .iter()
+                .map(|&alpha| (alpha, alpha_path(&a.out, alpha)))
+                .collect()
+        };
+        let reports = wise_ft_files(anchor, &a.models, &outputs, &opts)?;
+        for ((alpha, path), report) in outputs.iter().zip(&reports) {
+            println!("alpha {alpha}: wrote {}", path.display());
+            if let Some(r) = &a.report {
+                report.write_json(&alpha_path(r, *alpha))?;
+            }
+        }
+        return Ok(());
+    }
+    if a.method != MethodArg::Uniform && anchor.is_none() {
+        bail!(
+            "--method {} needs --anchor (the pretrained weights)",
+            method_name(a.method)
+        );
+    }
+    let report = merge_files(anchor, &a.models, &a.out, &opts)?;
+    print!("{}", report.summary_text());
+    println!("wrote {}", a.out.display());
+    if let Some(r) = &a.report {
+        report.write_json(r)?;
+        println!("report {}", r.display());
+    }
+    Ok(())
+}
+
+fn method_name(m: MethodArg) -> &'static str {
+    match m {
+        MethodArg::ModelStock => "model-stock",
+        MethodArg::Uniform => "uniform",
+        MethodArg::WiseFt => "wise-ft",
+        MethodArg::TaskArithmetic => "task-arithmetic",
+    }
+}
+
+fn has_split_qkv(path: &Path) -> Result<bool> {
+    let f = SafetensorsFile::open(path, ReadMode::Auto)?;
+    Ok(f.tensors()
+        .iter()
+        .any(|t| t.name.contains("self_attn.q_proj.")))
+}
+
+fn alpha_path(out: &Path, alpha: f64) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let ext = out
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}_alpha{alpha}{ext}"))
+}

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::arch::ClipArch;
 use crate::error::{ModelError, Result};
@@ -229,17 +229,21 @@ impl ModuleVisitor for Collector {
 /// Module path → canonical key: the text tower's fields live at the top level in OpenAI's
 /// naming, and `logit_scale` is 0-dim there.
 fn canonical_entry(path: &str, mut t: HostTensor) -> (String, HostTensor) {
-    let key = if let Some(rest) = path.strip_prefix("text.") {
+    let key = canonical_key(path);
+    if key.ends_with("logit_scale") {
+        t.shape.clear();
+    }
+    (key, t)
+}
+
+fn canonical_key(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("text.") {
         rest.to_string()
     } else if let Some(rest) = path.strip_prefix("model.text.") {
         format!("model.{rest}")
     } else {
         path.to_string()
-    };
-    if key.ends_with("logit_scale") {
-        t.shape.clear();
     }
-    (key, t)
 }
 
 /// Canonical state dict of a module (f32). Works for [`ClipModel`] (OpenAI keys) and
@@ -256,6 +260,64 @@ pub fn module_state<M: Module>(module: &M) -> StateDict {
         sd.insert(k, t);
     }
     sd
+}
+
+/// Writes named tensors into an existing module, keeping every parameter's `ParamId` (and so
+/// its optimizer state) and its requires-grad setting: the periodic merge hook's write-back.
+/// The tensors are fresh (built from host data), never another module's, so no run ever picks
+/// up a second run's ids. `state` uses the keys of [`module_state`]; every parameter must be
+/// present with the same element count.
+pub fn apply_state<M: Module>(module: M, state: &StateDict, context: &str) -> Result<M> {
+    let mut applier = Applier {
+        path: Vec::new(),
+        state,
+        problems: Vec::new(),
+    };
+    let module = module.map(&mut applier);
+    match applier.problems.into_iter().next() {
+        None => Ok(module),
+        Some(reason) => Err(ModelError::Invalid {
+            context: context.to_string(),
+            reason,
+        }),
+    }
+}
+
+struct Applier<'a> {
+    path: Vec<String>,
+    state: &'a StateDict,
+    problems: Vec<String>,
+}
+
+impl ModuleMapper for Applier<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let key = canonical_key(&self.path.join("."));
+        let Some(t) = self.state.get(&key) else {
+            self.problems
+                .push(format!("no tensor for parameter `{key}`"));
+            return param;
+        };
+        let shape = param.shape().dims::<D>();
+        if t.numel() != shape.iter().product::<usize>() {
+            self.problems.push(format!(
+                "tensor `{key}` has shape {:?}, the parameter has {shape:?}",
+                t.shape
+            ));
+            return param;
+        }
+        let data = t.data.clone();
+        param.map(move |old| {
+            let grad = old.is_require_grad();
+            let fresh = Tensor::<D>::from_data(TensorData::new(data, shape), &old.device());
+            if grad { fresh.require_grad() } else { fresh }
+        })
+    }
 }
 
 /// The canonical state dict of a classifier, with `model.` stripped (OpenAI keys plus

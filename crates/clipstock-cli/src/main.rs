@@ -41,6 +41,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Merge fine-tuned checkpoints: Model Stock, uniform soup, WiSE-FT, task arithmetic.
     Merge(merge_cmd::MergeArgs),
+    /// Summarise a merge report and draw its per-tensor angle/ratio figure.
+    Inspect(merge_cmd::InspectArgs),
     /// Throughput of the forward pass and the training step on random weights.
     Bench(bench::BenchArgs),
 }
@@ -148,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export_cmd(a),
         Command::Forward(a) => forward(a),
         Command::Merge(a) => merge_cmd::run(a),
+        Command::Inspect(a) => merge_cmd::inspect(a),
         Command::Bench(a) => bench::run(a),
     }
 }

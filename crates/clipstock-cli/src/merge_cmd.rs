@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use clipstock_merge::{
-    DType, HF_QKV_GROUP, MergeOptions, Method, ReadMode, SafetensorsFile, merge_files,
-    wise_ft_files,
+    DType, HF_QKV_GROUP, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, merge_files,
+    ratio_plot_svg, wise_ft_files,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,9 +52,56 @@ pub struct MergeArgs {
     /// Output dtype (f32, f16, bf16); default: the anchor's.
     #[arg(long)]
     dtype: Option<String>,
+    /// Write the angle/ratio figure per tensor (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A report written by `clipstock merge --report`.
+    report: PathBuf,
+    /// Write the angle/ratio figure per tensor (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Also print one line per tensor.
+    #[arg(long)]
+    tensors: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let report = MergeReport::read_json(&a.report)?;
+    print!("{}", report.summary_text());
+    if a.tensors {
+        print!("{}", report.table_text());
+    }
+    if let Some(p) = &a.plot {
+        write_plot(&report, p)?;
+    }
+    Ok(())
+}
+
+fn write_plot(report: &MergeReport, path: &Path) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        bail!(
+            "{}: plots are written as SVG; name the file *.svg",
+            path.display()
+        );
+    }
+    clipstock_model::state::write_atomic(path, ratio_plot_svg(report).as_bytes())?;
+    println!("plot {}", path.display());
+    Ok(())
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
+    if let Some(p) = &a.plot
+        && p.extension().and_then(|e| e.to_str()) != Some("svg")
+    {
+        bail!(
+            "{}: plots are written as SVG; name the file *.svg",
+            p.display()
+        );
+    }
     let method = match a.method {
         MethodArg::ModelStock => Method::ModelStock { clamp_t: a.clamp_t },
         MethodArg::Uniform => Method::UniformSoup,
@@ -112,6 +159,9 @@ pub fn run(a: MergeArgs) -> Result<()> {
     if let Some(r) = &a.report {
         report.write_json(r)?;
         println!("report {}", r.display());
+    }
+    if let Some(p) = &a.plot {
+        write_plot(&report, p)?;
     }
     Ok(())
 }

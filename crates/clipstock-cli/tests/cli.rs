@@ -242,6 +242,27 @@ fn merge_reproduces_the_numpy_model_stock_reference() {
             serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
         assert!(json["tensors"].as_array().is_some_and(|t| !t.is_empty()));
     }
+    let plot = dir.path().join("ratios.svg");
+    let res = clipstock(&[
+        "inspect",
+        report.to_str().expect("utf8"),
+        "--plot",
+        plot.to_str().expect("utf8"),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let svg = std::fs::read_to_string(&plot).expect("svg");
+    assert!(svg.starts_with("<svg") && svg.contains("<circle") && svg.contains("in_proj_weight"));
+    let bad = clipstock(&[
+        "inspect",
+        report.to_str().expect("utf8"),
+        "--plot",
+        dir.path().join("r.png").to_str().expect("utf8"),
+    ]);
+    assert_fails_with(&bad, &["r.png", "SVG"]);
 }
 
 #[test]

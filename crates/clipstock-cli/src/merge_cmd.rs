@@ -120,6 +120,20 @@ pub fn run(a: MergeArgs) -> Result<()> {
         opts.output_dtype =
             Some(DType::parse_float(s).with_context(|| format!("unknown dtype `{s}`"))?);
     }
+    // The merge engine streams safetensors; PyTorch pickles are converted once into a
+    // temporary folder (same keys and dtypes) so every input format merges the same way.
+    let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let anchor_path = match &a.anchor {
+        Some(p) => Some(as_safetensors(p, scratch.path(), "anchor")?),
+        None => None,
+    };
+    let models = a
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, p)| as_safetensors(p, scratch.path(), &format!("model{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let a = MergeArgs { models, ..a };
     // HF checkpoints store q/k/v separately; grouping them gives the ratio OpenAI's fused
     // `in_proj_weight` gets, so results do not depend on the naming.
     if let Some(first) = a.models.first()
@@ -127,7 +141,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     {
         opts.groups.push(HF_QKV_GROUP.to_string());
     }
-    let anchor = a.anchor.as_deref();
+    let anchor = anchor_path.as_deref();
     if a.method == MethodArg::WiseFt {
         let anchor = anchor.context("wise-ft needs --anchor")?;
         let outputs: Vec<(f64, PathBuf)> = if a.alphas.len() == 1 {
@@ -164,6 +178,23 @@ pub fn run(a: MergeArgs) -> Result<()> {
         write_plot(&report, p)?;
     }
     Ok(())
+}
+
+/// `path` itself when it is safetensors, else a safetensors copy of the pickle in `dir`.
+fn as_safetensors(path: &Path, dir: &Path, stem: &str) -> Result<PathBuf> {
+    let mut head = [0u8; 9];
+    let is_safetensors = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .map(|_| head[8] == b'{')
+        .unwrap_or(false);
+    if is_safetensors {
+        return Ok(path.to_path_buf());
+    }
+    let state = clipstock_model::StateDict::read(path)?;
+    let out = dir.join(format!("{stem}.safetensors"));
+    state.write_safetensors(&out, None, None)?;
+    tracing::info!("converted {} to safetensors for merging", path.display());
+    Ok(out)
 }
 
 fn method_name(m: MethodArg) -> &'static str {

@@ -281,3 +281,33 @@ fn merge_with_one_model_fails_and_writes_nothing() {
     assert_fails_with(&res, &["2"]);
     assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none());
 }
+
+#[test]
+fn merge_reads_pytorch_pickles_too() {
+    // The same pickle as anchor and models: every delta is zero, so the merge is the anchor.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("merged.safetensors");
+    let pt = fixture("soups_tiny.pt");
+    let pt = pt.to_str().expect("utf8");
+    let res = clipstock(&[
+        "merge",
+        "--anchor",
+        pt,
+        "--models",
+        pt,
+        pt,
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let merged = StateDict::read(&out).expect("merged");
+    let src = StateDict::read(&fixture("soups_tiny.pt")).expect("pickle");
+    assert_eq!(merged.len(), src.len());
+    for (name, t) in src.iter() {
+        assert_eq!(merged.get(name).map(|m| &m.data), Some(&t.data), "{name}");
+    }
+}

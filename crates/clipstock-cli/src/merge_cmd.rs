@@ -156,7 +156,12 @@ pub fn run(a: MergeArgs) -> Result<()> {
         for ((alpha, path), report) in outputs.iter().zip(&reports) {
             println!("alpha {alpha}: wrote {}", path.display());
             if let Some(r) = &a.report {
-                report.write_json(&alpha_path(r, *alpha))?;
+                let r = if outputs.len() == 1 {
+                    r.clone()
+                } else {
+                    alpha_path(r, *alpha)
+                };
+                report.write_json(&r)?;
             }
         }
         return Ok(());

@@ -81,26 +81,27 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_plot(report: &MergeReport, path: &Path) -> Result<()> {
+fn check_plot_path(path: &Path) -> Result<()> {
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
         bail!(
             "{}: plots are written as SVG; name the file *.svg",
             path.display()
         );
     }
+    Ok(())
+}
+
+fn write_plot(report: &MergeReport, path: &Path) -> Result<()> {
+    check_plot_path(path)?;
     clipstock_model::state::write_atomic(path, ratio_plot_svg(report).as_bytes())?;
     println!("plot {}", path.display());
     Ok(())
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
-    if let Some(p) = &a.plot
-        && p.extension().and_then(|e| e.to_str()) != Some("svg")
-    {
-        bail!(
-            "{}: plots are written as SVG; name the file *.svg",
-            p.display()
-        );
+    // Checked before merging, so a misnamed plot does not cost a whole merge.
+    if let Some(p) = &a.plot {
+        check_plot_path(p)?;
     }
     let method = match a.method {
         MethodArg::ModelStock => Method::ModelStock { clamp_t: a.clamp_t },
@@ -190,8 +191,7 @@ fn as_safetensors(path: &Path, dir: &Path, stem: &str) -> Result<PathBuf> {
     let mut head = [0u8; 9];
     let is_safetensors = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .map(|_| head[8] == b'{')
-        .unwrap_or(false);
+        .is_ok_and(|_| clipstock_model::state::looks_like_safetensors(&head));
     if is_safetensors {
         return Ok(path.to_path_buf());
     }

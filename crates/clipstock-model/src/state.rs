@@ -385,13 +385,18 @@ enum Format {
     Unknown,
 }
 
+/// Whether `bytes` (a file's first 9 bytes suffice) start like safetensors: a u64 LE header
+/// length, then a JSON object.
+pub fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    bytes.len() >= 9 && bytes[8] == b'{'
+}
+
 fn detect_format(bytes: &[u8]) -> Format {
     if bytes.starts_with(b"PK\x03\x04") {
         return Format::Zip;
     }
-    // safetensors: u64 LE header length, then a JSON object. Checked before the pickle test:
-    // the length's low byte can be 0x80 too.
-    if bytes.len() >= 9 && bytes[8] == b'{' {
+    // Checked before the pickle test: the header length's low byte can be 0x80 too.
+    if looks_like_safetensors(bytes) {
         return Format::Safetensors;
     }
     // Legacy torch.save: a pickle (PROTO opcode 0x80, protocol 2..5).

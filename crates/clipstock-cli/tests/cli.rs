@@ -25,6 +25,15 @@ fn clipstock(args: &[&str]) -> Output {
         .expect("run clipstock")
 }
 
+/// Succeeded; on failure the assertion shows what the command printed on stderr.
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Fails with exactly one `error:` line on stderr that contains every `needle`.
 fn assert_fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -58,11 +67,7 @@ fn zeroshot_reproduces_open_clip_head() {
         "--out",
         out.to_str().expect("utf8"),
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert_ok(&res);
     let head = StateDict::read(&out).expect("head");
     let want = StateDict::read(&fixture("parity_expected.safetensors")).expect("expected");
     let got = &head.get("classification_head.weight").expect("weight").data;
@@ -83,21 +88,13 @@ fn info_and_forward_run_on_the_fixture() {
     let w = fixture("openclip_tiny.safetensors");
     let res = clipstock(&["info", w.to_str().expect("utf8")]);
     let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert_ok(&res);
     assert!(
         stdout.contains("naming:     openai") && stdout.contains("validation: ok"),
         "{stdout}"
     );
     let res = clipstock(&["forward", "--weights", w.to_str().expect("utf8")]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert_ok(&res);
     assert!(String::from_utf8_lossy(&res.stdout).contains("image 3:"));
 }
 
@@ -222,11 +219,7 @@ fn merge_reproduces_the_numpy_model_stock_reference() {
         ]);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let res = clipstock(&argv);
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        assert_ok(&res);
         let got = StateDict::read(&out).expect("merged");
         let want = StateDict::read(Path::new(&merge_fixture(expected))).expect("expected");
         for (name, w) in want.iter() {
@@ -249,11 +242,7 @@ fn merge_reproduces_the_numpy_model_stock_reference() {
         "--plot",
         plot.to_str().expect("utf8"),
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert_ok(&res);
     let svg = std::fs::read_to_string(&plot).expect("svg");
     assert!(svg.starts_with("<svg") && svg.contains("<circle") && svg.contains("in_proj_weight"));
     let bad = clipstock(&[
@@ -299,11 +288,7 @@ fn merge_reads_pytorch_pickles_too() {
         "--out",
         out.to_str().expect("utf8"),
     ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert_ok(&res);
     let merged = StateDict::read(&out).expect("merged");
     let src = StateDict::read(&fixture("soups_tiny.pt")).expect("pickle");
     assert_eq!(merged.len(), src.len());

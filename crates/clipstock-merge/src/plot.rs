@@ -15,7 +15,6 @@ const TOP: f64 = 30.0;
 const GAP: f64 = 50.0;
 
 struct Point {
-    x: usize,
     angle: f64,
     t: f64,
     matrix: bool,
@@ -29,15 +28,12 @@ pub fn ratio_plot_svg(report: &MergeReport) -> String {
         .iter()
         .filter_map(|r| {
             Some(Point {
-                x: 0,
                 angle: r.angle_deg?,
                 t: r.t?,
                 matrix: r.shape.len() >= 2,
                 name: r.name.clone(),
             })
         })
-        .enumerate()
-        .map(|(i, p)| Point { x: i, ..p })
         .collect();
     let n = points.len().max(1);
     let t_min = points.iter().map(|p| p.t).fold(0.0f64, f64::min);
@@ -86,9 +82,9 @@ pub fn ratio_plot_svg(report: &MergeReport) -> String {
             y0 + PANEL_H / 2.0,
             y0 + PANEL_H / 2.0
         );
-        for p in &points {
+        for (i, p) in points.iter().enumerate() {
             let v = if which == 0 { p.angle } else { p.t };
-            let (x, y) = (x_of(p.x), y_of(v));
+            let (x, y) = (x_of(i), y_of(v));
             let title = format!("{}: {v:.3}", escape(&p.name));
             if p.matrix {
                 let _ = writeln!(

@@ -16,7 +16,10 @@ use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
 use clipstock_model::{ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
 
 mod bench;
+mod eval_cmd;
+mod logfile;
 mod merge_cmd;
+mod train_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +34,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune N seeds in lockstep with periodic Model Stock merging, from a config file.
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a checkpoint, or a run directory's models, on ImageNet and its five shifts.
+    Eval(eval_cmd::EvalArgs),
     /// Build the zero-shot classification head from class names × prompt templates.
     Zeroshot(ZeroshotArgs),
     /// Show a checkpoint's naming, architecture and parameter count.
@@ -129,13 +136,30 @@ struct ForwardArgs {
 }
 
 fn main() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    // Long commands draw progress bars on stderr, so their log lines go to the run's
+    // train.log and only warnings reach the terminal (RUST_LOG overrides).
+    let quiet = matches!(cli.command, Command::Train(_) | Command::Eval(_));
+    let stderr_filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+        });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(stderr_filter),
         )
-        .with_writer(std::io::stderr)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(logfile::LogFile)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -145,6 +169,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(a) => train_cmd::run(a),
+        Command::Eval(a) => eval_cmd::run(a),
         Command::Zeroshot(a) => zeroshot(a),
         Command::Info(a) => info(a),
         Command::Export(a) => export_cmd(a),

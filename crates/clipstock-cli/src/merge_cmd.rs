@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use clipstock_merge::{
     DType, HF_QKV_GROUP, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, merge_files,
-    ratio_plot_svg, wise_ft_files,
+    ratio_plot_png, ratio_plot_svg, wise_ft_files,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,7 +52,7 @@ pub struct MergeArgs {
     /// Output dtype (f32, f16, bf16); default: the anchor's.
     #[arg(long)]
     dtype: Option<String>,
-    /// Write the angle/ratio figure per tensor (SVG).
+    /// Write the angle/ratio figure per tensor (`*.png` or `*.svg`).
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -61,7 +61,7 @@ pub struct MergeArgs {
 pub struct InspectArgs {
     /// A report written by `clipstock merge --report`.
     report: PathBuf,
-    /// Write the angle/ratio figure per tensor (SVG).
+    /// Write the angle/ratio figure per tensor (`*.png` or `*.svg`).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Also print one line per tensor.
@@ -70,6 +70,10 @@ pub struct InspectArgs {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
+    // Before printing anything, so a misnamed plot is the only output.
+    if let Some(p) = &a.plot {
+        plot_format(p)?;
+    }
     let report = MergeReport::read_json(&a.report)?;
     print!("{}", report.summary_text());
     if a.tensors {
@@ -81,19 +85,34 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_plot_path(path: &Path) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-        bail!(
-            "{}: plots are written as SVG; name the file *.svg",
+#[derive(Clone, Copy)]
+enum PlotFormat {
+    Png,
+    Svg,
+}
+
+/// The figure's format, from the file extension (any case).
+fn plot_format(path: &Path) -> Result<PlotFormat> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("png") => Ok(PlotFormat::Png),
+        Some("svg") => Ok(PlotFormat::Svg),
+        _ => bail!(
+            "{}: plots are written as PNG or SVG; name the file *.png or *.svg",
             path.display()
-        );
+        ),
     }
-    Ok(())
 }
 
 fn write_plot(report: &MergeReport, path: &Path) -> Result<()> {
-    check_plot_path(path)?;
-    clipstock_model::state::write_atomic(path, ratio_plot_svg(report).as_bytes())?;
+    let bytes = match plot_format(path)? {
+        PlotFormat::Png => ratio_plot_png(report),
+        PlotFormat::Svg => ratio_plot_svg(report).into_bytes(),
+    };
+    clipstock_model::state::write_atomic(path, &bytes)?;
     println!("plot {}", path.display());
     Ok(())
 }
@@ -101,7 +120,7 @@ fn write_plot(report: &MergeReport, path: &Path) -> Result<()> {
 pub fn run(a: MergeArgs) -> Result<()> {
     // Checked before merging, so a misnamed plot does not cost a whole merge.
     if let Some(p) = &a.plot {
-        check_plot_path(p)?;
+        plot_format(p)?;
     }
     let method = match a.method {
         MethodArg::ModelStock => Method::ModelStock { clamp_t: a.clamp_t },

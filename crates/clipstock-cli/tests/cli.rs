@@ -245,13 +245,45 @@ fn merge_reproduces_the_numpy_model_stock_reference() {
     assert_ok(&res);
     let svg = std::fs::read_to_string(&plot).expect("svg");
     assert!(svg.starts_with("<svg") && svg.contains("<circle") && svg.contains("in_proj_weight"));
+    // The same figure as PNG, chosen by the extension (any case).
+    let png = dir.path().join("ratios.PNG");
+    let res = clipstock(&[
+        "inspect",
+        report.to_str().expect("utf8"),
+        "--plot",
+        png.to_str().expect("utf8"),
+    ]);
+    assert_ok(&res);
+    let bytes = std::fs::read(&png).expect("png");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "PNG signature");
+    // IHDR, the first chunk: width and height, big-endian.
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    assert_eq!((be(&bytes[16..20]), be(&bytes[20..24])), (1200, 700));
     let bad = clipstock(&[
         "inspect",
         report.to_str().expect("utf8"),
         "--plot",
-        dir.path().join("r.png").to_str().expect("utf8"),
+        dir.path().join("r.jpg").to_str().expect("utf8"),
     ]);
-    assert_fails_with(&bad, &["r.png", "SVG"]);
+    assert_fails_with(&bad, &["r.jpg", "*.png", "*.svg"]);
+    assert!(!dir.path().join("r.jpg").exists());
+    // `merge` rejects the name before merging: no output either.
+    let out = dir.path().join("never.safetensors");
+    let bad = clipstock(&[
+        "merge",
+        "--anchor",
+        &merge_fixture("w0.safetensors"),
+        "--models",
+        &merge_fixture("model1.safetensors"),
+        &merge_fixture("model2.safetensors"),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--plot",
+        dir.path().join("r.pdf").to_str().expect("utf8"),
+    ]);
+    assert_fails_with(&bad, &["r.pdf", "*.png", "*.svg"]);
+    assert!(!out.exists());
 }
 
 #[test]

@@ -14,30 +14,49 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 30.0;
 const GAP: f64 = 50.0;
 
-struct Point {
-    angle: f64,
-    t: f64,
-    matrix: bool,
-    name: String,
+pub(crate) struct Point {
+    pub angle: f64,
+    pub t: f64,
+    pub matrix: bool,
+    pub name: String,
 }
 
-/// SVG text of the figure; tensors without a ratio (averaged, copied) are left out.
-pub fn ratio_plot_svg(report: &MergeReport) -> String {
-    let points: Vec<Point> = report
+/// The plotted tensors in model order: those with an angle and a ratio (Model Stock's merged
+/// ones). Non-finite values would stretch an axis to infinity, so they are left out too.
+pub(crate) fn points(report: &MergeReport) -> Vec<Point> {
+    report
         .tensors
         .iter()
         .filter_map(|r| {
-            Some(Point {
-                angle: r.angle_deg?,
-                t: r.t?,
+            let (angle, t) = (r.angle_deg?, r.t?);
+            (angle.is_finite() && t.is_finite()).then(|| Point {
+                angle,
+                t,
                 matrix: r.shape.len() >= 2,
                 name: r.name.clone(),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Value range of the t panel: always [0, 1], widened to any ratio outside it.
+pub(crate) fn t_range(points: &[Point]) -> (f64, f64) {
+    (
+        points.iter().map(|p| p.t).fold(0.0f64, f64::min),
+        points.iter().map(|p| p.t).fold(1.0f64, f64::max),
+    )
+}
+
+/// Value range of the angle panel: [0, 90°], widened to the largest angle.
+pub(crate) fn angle_range(points: &[Point]) -> (f64, f64) {
+    (0.0, 90.0_f64.max(max_angle(points)))
+}
+
+/// SVG text of the figure; tensors without a ratio (averaged, copied) are left out.
+pub fn ratio_plot_svg(report: &MergeReport) -> String {
+    let points = points(report);
     let n = points.len().max(1);
-    let t_min = points.iter().map(|p| p.t).fold(0.0f64, f64::min);
-    let t_max = points.iter().map(|p| p.t).fold(1.0f64, f64::max);
+    let (t_min, t_max) = t_range(&points);
     let plot_w = W - LEFT - RIGHT;
     let x_of = |i: usize| LEFT + plot_w * (i as f64 + 0.5) / n as f64;
     let h = TOP + 2.0 * PANEL_H + GAP + 40.0;
@@ -55,7 +74,12 @@ pub fn ratio_plot_svg(report: &MergeReport) -> String {
         points.len()
     );
     let panels = [
-        ("angle (°)", 0.0, 90.0_f64.max(max_angle(&points)), 0usize),
+        (
+            "angle (°)",
+            angle_range(&points).0,
+            angle_range(&points).1,
+            0usize,
+        ),
         ("t", t_min, t_max, 1usize),
     ];
     for (label, lo, hi, which) in panels {

@@ -70,6 +70,12 @@ pub(crate) trait Source: Sync {
         len: usize,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]>;
+    /// Bytes `[byte_start, byte_start + len)` of tensor `idx` when they can be borrowed for as
+    /// long as the source lives (a mapping), so that they can be queued for writing without a
+    /// copy; `None` when they have to be read.
+    fn mapped_bytes(&self, _idx: usize, _byte_start: usize, _len: usize) -> Option<&[u8]> {
+        None
+    }
     /// Elements `[start, start + len)` of float tensor `idx` as f32: borrowed from the input
     /// when it already holds aligned little-endian f32 (a mapping, memory), otherwise read or
     /// decoded into `buf`.
@@ -274,6 +280,16 @@ impl Source for SafetensorsFile {
                 })?;
                 Ok(&scratch[..])
             }
+        }
+    }
+
+    fn mapped_bytes(&self, idx: usize, byte_start: usize, len: usize) -> Option<&[u8]> {
+        let info = &self.tensors[idx];
+        debug_assert!(byte_start + len <= info.byte_len());
+        let abs = info.start as usize + byte_start;
+        match &self.backing {
+            Backing::Mapped(m) => Some(&m[abs..abs + len]),
+            Backing::Reader(_) => None,
         }
     }
 

@@ -273,6 +273,15 @@ fn hf_qkv_groups_reproduce_the_fused_in_proj_ratios() {
         )
         .expect("hf merge");
         let hf_lines = by_name(&hf);
+        // merge_files computes grouped statistics up front and the rest tensor by tensor while
+        // writing; the analysis alone does all of them first: same report lines.
+        let analysed = analyze_files(
+            Some(&fixture("hf_w0.safetensors")),
+            &models(n, "hf_"),
+            &opts,
+        )
+        .expect("hf analysis");
+        assert_eq!(analysed.tensors, hf.tensors);
 
         let fused_vals = load(&fused_out);
         let hf_vals = load(&hf_out);

@@ -229,6 +229,14 @@ impl ClipVisionTransformer {
         }
     }
 
+    /// The input side length this tower was built for: the positional embedding holds one
+    /// class token plus a square grid of patches.
+    pub fn image_size(&self) -> usize {
+        let [seq, _] = self.positional_embedding.dims();
+        let grid = (seq.saturating_sub(1) as f64).sqrt().round() as usize;
+        grid * self.patch_size
+    }
+
     /// `images`: `[batch, 3, size, size]`, already CLIP-normalised. Returns `[batch, embed]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let [b, c, hgt, wid] = images.dims();

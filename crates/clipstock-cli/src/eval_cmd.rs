@@ -1,0 +1,312 @@
+//! `clipstock eval`: one checkpoint, or every model of a run directory, on ImageNet and its
+//! shifts; results JSON, a Markdown table in the paper's order, optional per-image predictions.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use clipstock_data::classes::{ClassFiles, ClassSpace};
+use clipstock_data::layouts::{EvalSet, OpenOptions, SetName, open_eval_set};
+use clipstock_eval::{EvalOptions, EvalResults, Prediction, Progress, SetSource, evaluate};
+use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
+use clipstock_model::{Checkpoint, ClipTokenizer, DeviceSpec, ImageClassifier, StateDict};
+use clipstock_train::Quiet;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate (any naming; with or without a classification head).
+    #[arg(long, conflicts_with = "run", required_unless_present = "run")]
+    weights: Option<PathBuf>,
+    /// Head file (`classification_head.*`); default: the checkpoint's head, else the zero-shot
+    /// head built from --classnames × --templates.
+    #[arg(long)]
+    head: Option<PathBuf>,
+    /// A run directory (`runs/<name>`): evaluate its zero-shot model, every run at its last
+    /// checkpoint and the last merge, with the run's config.
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Folder holding the datasets (see docs/DATASETS.md); default with --run: the run's.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Comma-separated: imagenet, imagenet_v2, imagenet_sketch, imagenet_r, imagenet_a, objectnet.
+    #[arg(long, value_delimiter = ',')]
+    sets: Vec<String>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Evaluate an evenly spaced subset of K images per set.
+    #[arg(long)]
+    limit_per_set: Option<usize>,
+    /// Folder with wnids.txt, classnames.json, r_subset.json, a_subset.json, objectnet.json
+    /// (default: the ImageNet files in data/).
+    #[arg(long)]
+    class_dir: Option<PathBuf>,
+    #[arg(long)]
+    classnames: Option<PathBuf>,
+    #[arg(long, default_value = "data/openai_imagenet_templates.json")]
+    templates: PathBuf,
+    /// Decoding threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Remove 2 pixels from each ObjectNet border (model-soups defines but never applies it).
+    #[arg(long)]
+    objectnet_border_crop: bool,
+    /// Do not warn when a set's image count differs from the published size.
+    #[arg(long)]
+    no_size_check: bool,
+    /// Results JSON (default with --run: <run>/eval.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Per-image predictions, one JSON object per line.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// cpu, flex, ndarray, wgpu[:N] or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let device = a.device.device()?;
+    let (models, data_root, class_files, mut sets_wanted, run_out) = match &a.run {
+        Some(run_dir) => {
+            let cfg = run_dir.join("config.toml");
+            let spec = clipstock_config::load(&cfg, &[])
+                .with_context(|| format!("reading the run's config `{}`", cfg.display()))?;
+            if spec.run_dir() != *run_dir {
+                tracing::info!(
+                    "config names run directory {}; evaluating {}",
+                    spec.run_dir().display(),
+                    run_dir.display()
+                );
+            }
+            let mut spec = spec;
+            if let (Some(parent), Some(name)) = (run_dir.parent(), run_dir.file_name()) {
+                spec.run.output_dir = parent.to_path_buf();
+                spec.run.name = name.to_string_lossy().to_string();
+            }
+            eprintln!("loading the models of {}", run_dir.display());
+            let models = clipstock_train::run_dir_models(&spec, &device, &mut Quiet)?;
+            let root = a.data_root.clone().unwrap_or(spec.data.root.clone());
+            let files = clipstock_train::class_files(&spec);
+            (
+                models,
+                root,
+                files,
+                spec.eval.sets.clone(),
+                Some(run_dir.join("eval.json")),
+            )
+        }
+        None => {
+            let Some(weights) = &a.weights else {
+                bail!("give --weights or --run");
+            };
+            let Some(root) = a.data_root.clone() else {
+                bail!("--data-root is required with --weights");
+            };
+            let files = match &a.class_dir {
+                Some(d) => class_files_in(d),
+                None => ClassFiles::imagenet(Path::new("data")),
+            };
+            let model = load_classifier(&a, weights, &files, &device)?;
+            (
+                vec![("model".to_string(), model)],
+                root,
+                files,
+                Vec::new(),
+                None,
+            )
+        }
+    };
+    if !a.sets.is_empty() {
+        sets_wanted = a.sets.clone();
+    }
+    if sets_wanted.is_empty() {
+        sets_wanted = SetName::ALL.iter().map(|s| s.key().to_string()).collect();
+    }
+    if !data_root.is_dir() {
+        bail!("data root `{}` is not a folder", data_root.display());
+    }
+    let classes = ClassSpace::load(&class_files)?;
+    let opts = OpenOptions {
+        limit_per_set: a.limit_per_set,
+        objectnet_border_crop: a.objectnet_border_crop,
+        expect_published_sizes: !a.no_size_check,
+    };
+    let mut sets: Vec<EvalSet> = Vec::new();
+    for key in &sets_wanted {
+        let name = SetName::parse(key)?;
+        let set = open_eval_set(name, &data_root, &classes, &opts)?;
+        sets.push(set);
+    }
+    let eval_opts = EvalOptions {
+        batch_size: a.batch_size.max(1),
+        workers: a.workers,
+        prefetch: 2,
+        ..EvalOptions::default()
+    };
+    let mut preds: Option<BufWriter<File>> = match &a.predictions {
+        Some(p) => {
+            Some(BufWriter::new(File::create(p).with_context(|| {
+                format!("cannot create `{}`", p.display())
+            })?))
+        }
+        None => None,
+    };
+    let mut all: Vec<(String, EvalResults)> = Vec::new();
+    let tty = std::io::stderr().is_terminal();
+    for (label, model) in &models {
+        let sources: Vec<SetSource<'_>> = sets.iter().map(SetSource::Disk).collect();
+        let mut bar: Option<ProgressBar> = None;
+        let mut write_err: Option<std::io::Error> = None;
+        let multi = models.len() > 1;
+        let mut sink = |p: Prediction| {
+            if let Some(w) = preds.as_mut() {
+                let mut v = serde_json::to_value(&p).unwrap_or_default();
+                if multi && let Some(o) = v.as_object_mut() {
+                    o.insert("model".into(), serde_json::Value::String(label.clone()));
+                }
+                if let Err(e) = writeln!(w, "{v}") {
+                    write_err.get_or_insert(e);
+                }
+            }
+        };
+        let results = evaluate(
+            model,
+            &sources,
+            &device,
+            &eval_opts,
+            |p| match p {
+                Progress::Start { set_index, images } => {
+                    let pb = if tty {
+                        ProgressBar::new(images as u64)
+                    } else {
+                        ProgressBar::hidden()
+                    };
+                    pb.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    pb.set_prefix(format!("{label} · {}", sets[set_index].name.key()));
+                    if !tty {
+                        eprintln!("{label}: {} ({images} images)", sets[set_index].name.key());
+                    }
+                    bar = Some(pb);
+                }
+                Progress::Batch { done, .. } => {
+                    if let Some(b) = &bar {
+                        b.set_position(done as u64);
+                    }
+                }
+                Progress::Finish { .. } => {
+                    if let Some(b) = bar.take() {
+                        b.finish_and_clear();
+                    }
+                }
+            },
+            Some(&mut sink),
+        )?;
+        if let Some(e) = write_err {
+            return Err(e).context("cannot write the predictions file");
+        }
+        for r in &results.sets {
+            eprintln!(
+                "{label} · {}: top-1 {:.2}%  top-5 {:.2}%  ({} images, {} unreadable, {:.1} img/s)",
+                r.set.key(),
+                r.top1,
+                r.top5,
+                r.count,
+                r.skipped.len(),
+                r.images_per_sec
+            );
+        }
+        all.push((label.clone(), results));
+    }
+    if let Some(mut w) = preds {
+        w.flush().context("cannot write the predictions file")?;
+    }
+    let json = if all.len() == 1 && a.run.is_none() {
+        all[0].1.to_json()
+    } else {
+        let mut map = serde_json::Map::new();
+        for (label, r) in &all {
+            map.insert(label.clone(), r.to_json());
+        }
+        serde_json::Value::Object(map)
+    };
+    if let Some(out) = a.out.clone().or(run_out) {
+        let text = serde_json::to_string_pretty(&json)?;
+        clipstock_model::state::write_atomic(&out, text.as_bytes())?;
+        eprintln!("results: {}", out.display());
+    }
+    let rows: Vec<(String, &EvalResults)> = all.iter().map(|(l, r)| (l.clone(), r)).collect();
+    println!("{}", clipstock_eval::markdown_table(&rows));
+    if let Some((_, r)) = all.first()
+        && let Some((_, n)) = r.ood_mean()
+        && n < 5
+    {
+        println!("avg shifts is the mean over {n} of the 5 shifts evaluated");
+    }
+    Ok(())
+}
+
+fn class_files_in(d: &Path) -> ClassFiles {
+    ClassFiles {
+        wnids: d.join("wnids.txt"),
+        classnames: d.join("classnames.json"),
+        r_subset: d.join("r_subset.json"),
+        a_subset: d.join("a_subset.json"),
+        objectnet: d.join("objectnet.json"),
+    }
+}
+
+fn load_classifier(
+    a: &EvalArgs,
+    weights: &Path,
+    files: &ClassFiles,
+    device: &burn::prelude::Device,
+) -> Result<ImageClassifier> {
+    let ckpt = Checkpoint::read(weights)?;
+    let head = match &a.head {
+        Some(h) => Some(StateDict::read(h)?),
+        None if ckpt.has_head() => None,
+        None => {
+            let classnames_path = a
+                .classnames
+                .clone()
+                .unwrap_or_else(|| files.classnames.clone());
+            eprintln!(
+                "no head in {} and no --head: building the zero-shot head from {} × {}",
+                weights.display(),
+                classnames_path.display(),
+                a.templates.display()
+            );
+            let clip = ckpt.clip(device)?;
+            let ctx = ckpt
+                .arch
+                .text
+                .as_ref()
+                .map(|t| t.context_length)
+                .unwrap_or(77);
+            let classnames = read_string_list(&classnames_path)?;
+            let templates = read_string_list(&a.templates)?;
+            Some(zeroshot_head(
+                &clip,
+                &ClipTokenizer::new(ctx),
+                &classnames,
+                &templates,
+                8,
+                device,
+                |_| {},
+            )?)
+        }
+    };
+    let mut model = ckpt.classifier(head.as_ref(), device)?;
+    model.model.text = None;
+    Ok(model)
+}

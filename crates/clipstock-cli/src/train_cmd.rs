@@ -1,0 +1,217 @@
+//! `clipstock train`: a config file in, a run directory out; progress bars on a terminal,
+//! plain periodic lines otherwise; Ctrl-C saves a checkpoint.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use clipstock_train::{Event, Observer, TrainOptions};
+
+use crate::logfile;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run file (see configs/README.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override any key: `--set optim.lr=1e-5 --set run.seeds=[1,2,3]`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue the run directory's last complete checkpoint (same config and overrides).
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let spec = clipstock_config::load(&a.config, &a.set)?;
+    let run_dir = spec.run_dir();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the step, save a checkpoint, exit cleanly. Second: leave now.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted twice: exiting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let opts = TrainOptions {
+        resume: a.resume,
+        stop,
+    };
+    let mut obs = Progress::new(spec.run.seeds.len(), spec.run.log_every_steps);
+    // train.log starts once the run directory exists: the trainer creates it, then the first
+    // event arrives, and the observer opens the log there.
+    obs.log_target = Some(run_dir.join("train.log"));
+    let outcome = clipstock_train::train(&spec, &opts, &mut obs);
+    obs.clear();
+    let outcome = outcome?;
+    println!("{}", outcome.results_markdown);
+    if outcome.stopped_early {
+        println!(
+            "stopped early; continue with: clipstock train --config {} --resume",
+            a.config.display()
+        );
+    }
+    println!("run directory: {}", outcome.run_dir.display());
+    if let Some(p) = outcome.final_merged {
+        println!("merged model: {}", p.display());
+    }
+    Ok(())
+}
+
+/// Draws bars on a terminal, prints lines otherwise.
+pub struct Progress {
+    tty: bool,
+    runs: usize,
+    log_every: u64,
+    bars: MultiProgress,
+    epoch_bar: Option<ProgressBar>,
+    eval_bar: Option<ProgressBar>,
+    log_target: Option<PathBuf>,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(runs: usize, log_every: u64) -> Self {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            runs,
+            log_every: log_every.max(1),
+            bars: MultiProgress::new(),
+            epoch_bar: None,
+            eval_bar: None,
+            log_target: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn line(&self, msg: &str) {
+        if self.tty {
+            let _ = self.bars.println(msg);
+        } else {
+            eprintln!("[{:>7.1}s] {msg}", self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    pub fn clear(&mut self) {
+        if let Some(b) = self.epoch_bar.take() {
+            b.finish_and_clear();
+        }
+        if let Some(b) = self.eval_bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn bar(&self, len: u64, template: &str) -> ProgressBar {
+        let pb = if self.tty {
+            self.bars.add(ProgressBar::new(len))
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb
+    }
+}
+
+impl Observer for Progress {
+    fn on(&mut self, event: Event) {
+        if let Some(p) = self.log_target.take() {
+            if p.parent().is_some_and(|d| d.is_dir()) {
+                logfile::open(&p);
+            } else {
+                self.log_target = Some(p);
+            }
+        }
+        match event {
+            Event::Phase(msg) => self.line(&msg),
+            Event::EpochStart {
+                epoch,
+                epochs,
+                steps,
+                start_step,
+            } => {
+                self.clear();
+                let pb = self.bar(
+                    steps,
+                    "epoch {prefix} [{bar:30}] {pos}/{len} steps  {msg}  eta {eta}",
+                );
+                pb.set_prefix(format!("{}/{epochs}", epoch + 1));
+                pb.set_position(start_step);
+                self.epoch_bar = Some(pb);
+                self.line(&format!(
+                    "epoch {}/{epochs}: {steps} steps × {} runs",
+                    epoch + 1,
+                    self.runs
+                ));
+            }
+            Event::Step {
+                epoch,
+                step,
+                global_step,
+                losses,
+                lr,
+                images_per_sec,
+            } => {
+                let loss: Vec<String> = losses.iter().map(|l| format!("{l:.4}")).collect();
+                let msg = format!(
+                    "loss [{}]  lr {lr:.2e}  {images_per_sec:.1} img/s",
+                    loss.join(", ")
+                );
+                if let Some(b) = &self.epoch_bar {
+                    b.set_position(step);
+                    b.set_message(msg.clone());
+                }
+                if !self.tty && step % self.log_every == 0 {
+                    self.line(&format!(
+                        "epoch {} step {step} (global {global_step}): {msg}",
+                        epoch + 1
+                    ));
+                }
+            }
+            Event::EvalSet { model, set, images } => {
+                if let Some(b) = self.eval_bar.take() {
+                    b.finish_and_clear();
+                }
+                let pb = self.bar(
+                    images as u64,
+                    "eval {prefix} [{bar:30}] {pos}/{len} ({per_sec})",
+                );
+                pb.set_prefix(format!("{model} · {}", set.key()));
+                self.eval_bar = Some(pb);
+            }
+            Event::EvalProgress { done } => {
+                if let Some(b) = &self.eval_bar {
+                    b.set_position(done as u64);
+                }
+            }
+            Event::EvalDone { model, table_row } => {
+                if let Some(b) = self.eval_bar.take() {
+                    b.finish_and_clear();
+                }
+                let row = table_row.lines().nth(2).unwrap_or("").to_string();
+                self.line(&format!("eval {model}: {row}"));
+            }
+            Event::Merged { epoch, summary } => {
+                let first = summary.lines().next().unwrap_or("").to_string();
+                self.line(&format!("merge after epoch {epoch}: {first}"));
+            }
+            Event::Checkpoint(p) => {
+                tracing::info!("checkpoint {}", p.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `clipstock train` and `clipstock eval --run` as users run them: the quickstart config end to
+//! end (with smaller limits), a SIGKILL + `--resume` that must end bitwise equal to an
+//! uninterrupted run, the NaN guard, and config errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn clipstock(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run clipstock")
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
+    for n in needles {
+        assert!(errors[0].contains(n), "`{n}` not in: {}", errors[0]);
+    }
+}
+
+/// The quickstart config, made small: its own output folder and data tree (generated from the
+/// shipped assets), few images, two epochs.
+fn small_quickstart(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--config".into(),
+        "configs/quickstart.toml".into(),
+    ];
+    let data = out.join("data");
+    let sets = [
+        format!("run.name={name}"),
+        format!("run.output_dir={}", out.display()),
+        format!("data.root={}", data.display()),
+        "data.train_limit=96".into(),
+        "data.workers=2".into(),
+        "optim.epochs=2".into(),
+        "optim.batch_size=16".into(),
+        "optim.warmup_steps=2".into(),
+        "eval.limit_per_set=24".into(),
+        "run.log_every_steps=1".into(),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    args
+}
+
+#[test]
+fn quickstart_runs_end_to_end() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = clipstock(&small_quickstart(tmp.path(), "e2e", &[]));
+    assert_ok(&out);
+    let run = tmp.path().join("e2e");
+    for f in [
+        "config.toml",
+        "train.log",
+        "metrics.jsonl",
+        "summary.csv",
+        "results.md",
+        "merged_final.safetensors",
+        "merges/epoch_001.json",
+        "merges/epoch_001.svg",
+        "merges/epoch_001.png",
+        "run_1_final.safetensors",
+        "run_2_final.safetensors",
+        "merges/epoch_002.json",
+        "checkpoints/latest.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    // The resolved config is complete and re-loadable.
+    let cfg = std::fs::read_to_string(run.join("config.toml")).expect("config");
+    assert!(
+        cfg.contains("train_limit = 96") && cfg.contains("[merge]"),
+        "{cfg}"
+    );
+
+    // Every merge ratio is finite, and at least one tensor was really merged (0 < t).
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("merges/epoch_001.json")).expect("report"),
+    )
+    .expect("json");
+    let ts: Vec<f64> = report["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .filter_map(|t| t["t"].as_f64())
+        .collect();
+    assert!(!ts.is_empty());
+    assert!(ts.iter().all(|t| t.is_finite()));
+    assert!(ts.iter().any(|&t| t > 0.0 && t < 1.5));
+
+    // The results table: every set column, the OOD mean, and rows for zero-shot, both runs
+    // and the merge.
+    let table = std::fs::read_to_string(run.join("results.md")).expect("results");
+    for col in [
+        "ImageNet",
+        "IN-V2",
+        "IN-Sketch",
+        "IN-R",
+        "ObjectNet",
+        "IN-A",
+        "avg shifts",
+    ] {
+        assert!(table.contains(col), "column {col} missing:\n{table}");
+    }
+    for row in [
+        "| zero-shot |",
+        "| run 1 (seed 1) |",
+        "| run 2 (seed 2) |",
+        "| merged |",
+    ] {
+        assert!(table.contains(row), "row {row} missing:\n{table}");
+    }
+
+    // The merged accuracies come from evaluation: metrics.jsonl holds the eval records with
+    // per-set counts equal to the images evaluated.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    let evals: Vec<serde_json::Value> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "eval" && v["model"] == "merged")
+        .collect();
+    assert_eq!(evals.len(), 2, "one merged evaluation per epoch");
+    let last = &evals[1]["results"];
+    for set in [
+        "imagenet",
+        "imagenet_v2",
+        "imagenet_sketch",
+        "imagenet_r",
+        "imagenet_a",
+        "objectnet",
+    ] {
+        let count = last[set]["count"].as_u64().expect("count");
+        assert!(count > 0 && count <= 24, "{set}: {count}");
+        let c1 = last[set]["correct1"].as_u64().expect("correct1");
+        let top1 = last[set]["top1"].as_f64().expect("top1");
+        assert!((top1 - 100.0 * c1 as f64 / count as f64).abs() < 1e-9);
+    }
+    assert!(last["ood_mean"].as_f64().is_some());
+    let summary = std::fs::read_to_string(run.join("summary.csv")).expect("summary");
+    assert_eq!(summary.lines().count(), 3, "{summary}");
+
+    // A second start on the same run directory is refused.
+    let again = clipstock(&small_quickstart(tmp.path(), "e2e", &[]));
+    assert_fails_with(&again, &["already exists", "--resume"]);
+
+    // `eval --run` evaluates the run directory's models with one command.
+    let eval = clipstock(&[
+        "eval".into(),
+        "--run".into(),
+        run.display().to_string(),
+        "--limit-per-set".into(),
+        "8".into(),
+        "--sets".into(),
+        "imagenet,objectnet".into(),
+    ]);
+    assert_ok(&eval);
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        stdout.contains("| merged |") && stdout.contains("ObjectNet"),
+        "{stdout}"
+    );
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).expect("eval.json"))
+            .expect("json");
+    assert!(ev["merged"]["imagenet"]["top1"].as_f64().is_some());
+    assert!(ev["run 1 (seed 1)"]["objectnet"]["count"].as_u64() == Some(8));
+}
+
+fn wait_for_step(metrics: &Path, global_step: u64, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(metrics) {
+            let reached = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| v["kind"] == "step" && v["global_step"].as_u64() >= Some(global_step));
+            if reached {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("training ended before step {global_step}: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let extra = [
+        "eval.every_epochs=0",
+        "eval.zero_shot=false",
+        "eval.runs=false",
+    ];
+    let straight = clipstock(&small_quickstart(tmp.path(), "straight", &extra));
+    assert_ok(&straight);
+
+    // Killed in the middle of epoch 2 (6 steps per epoch), after the epoch-1 checkpoint.
+    let args = small_quickstart(tmp.path(), "killed", &extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(&args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for_step(&tmp.path().join("killed/metrics.jsonl"), 8, &mut child);
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let latest = std::fs::read_to_string(tmp.path().join("killed/checkpoints/latest.json"))
+        .expect("a complete checkpoint survives the kill");
+    assert!(latest.contains("\"epoch\": 1"), "{latest}");
+
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    assert_ok(&clipstock(&resume));
+
+    let read =
+        |run: &str, file: &str| std::fs::read(tmp.path().join(run).join(file)).expect("final file");
+    assert!(
+        read("straight", "merged_final.safetensors") == read("killed", "merged_final.safetensors"),
+        "the resumed merge differs from the uninterrupted one"
+    );
+    for f in ["run_1_final.safetensors", "run_2_final.safetensors"] {
+        assert!(
+            read("straight", f) == read("killed", f),
+            "{f} differs after resume"
+        );
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = clipstock(&small_quickstart(
+        tmp.path(),
+        "nan",
+        &[
+            "optim.lr=1e30",
+            "optim.grad_clip_norm=\"off\"",
+            "eval.zero_shot=false",
+        ],
+    ));
+    assert_fails_with(&out, &["not finite", "seed"]);
+    assert!(tmp.path().join("nan/checkpoints/latest.json").is_file());
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("bad.toml");
+    let base = std::fs::read_to_string(root().join("configs/quickstart.toml")).expect("config");
+
+    std::fs::write(&cfg, base.replace("lr = 3e-4", "lrr = 3e-4")).expect("write");
+    let out = clipstock(&["train".into(), "--config".into(), cfg.display().to_string()]);
+    assert_fails_with(&out, &["lrr", "bad.toml"]);
+
+    std::fs::write(&cfg, base.replace("epochs = 5", "epochs = \"three\"")).expect("write");
+    let out = clipstock(&["train".into(), "--config".into(), cfg.display().to_string()]);
+    assert_fails_with(&out, &["epochs", "bad.toml"]);
+
+    std::fs::write(&cfg, base.replace("seeds = [1, 2]", "seeds = [3, 3]")).expect("write");
+    let out = clipstock(&["train".into(), "--config".into(), cfg.display().to_string()]);
+    assert_fails_with(&out, &["seeds", "bad.toml"]);
+
+    let out = clipstock(&[
+        "train".into(),
+        "--config".into(),
+        "configs/quickstart.toml".into(),
+        "--set".into(),
+        "model.weights=/nonexistent/w.safetensors".into(),
+        "--set".into(),
+        format!("run.output_dir={}", tmp.path().display()),
+    ]);
+    assert_fails_with(&out, &["model.weights", "/nonexistent/w.safetensors"]);
+    assert!(
+        !tmp.path().join("quickstart").exists(),
+        "nothing written for a bad config"
+    );
+}

@@ -1,0 +1,300 @@
+//! Range checks that serde's types cannot express. The first violation is reported.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::path::Path;
+
+use crate::ConfigError;
+use crate::schema::{ARCHS, EVAL_SETS, GENERATORS, HeadSource, Period, RunSpec};
+
+struct Checker<'a> {
+    file: &'a Path,
+}
+
+impl Checker<'_> {
+    fn fail(&self, key: &str, value: impl Debug, allowed: &str) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.to_owned(),
+            value: format!("{value:?}"),
+            allowed: allowed.to_owned(),
+        }
+    }
+
+    fn check(
+        &self,
+        ok: bool,
+        key: &str,
+        value: impl Debug,
+        allowed: &str,
+    ) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(key, value, allowed))
+        }
+    }
+}
+
+/// Whether `s` is `cpu`, `flex`, `ndarray`, `wgpu[:N]` or `cuda[:N]`.
+///
+/// Only the syntax: whether the backend is compiled in and the ordinal exists is the model
+/// crate's business at run time.
+pub fn is_device_syntax(s: &str) -> bool {
+    let (name, ordinal) = match s.split_once(':') {
+        Some((n, o)) => (n, Some(o)),
+        None => (s, None),
+    };
+    match (name, ordinal) {
+        ("cpu" | "flex" | "ndarray", None) => true,
+        ("wgpu" | "cuda", None) => true,
+        ("wgpu" | "cuda", Some(o)) => {
+            !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()) && o.parse::<usize>().is_ok()
+        }
+        _ => false,
+    }
+}
+
+const DEVICE_ALLOWED: &str = "cpu, flex, ndarray, wgpu, wgpu:N, cuda or cuda:N";
+
+pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
+    let c = Checker { file };
+    let run = &spec.run;
+    let name_ok = !run.name.is_empty()
+        && run.name != "."
+        && run.name != ".."
+        && run
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    c.check(
+        name_ok,
+        "run.name",
+        &run.name,
+        "a non-empty name of A-Z a-z 0-9 . _ - (it names the run directory)",
+    )?;
+    c.check(
+        run.seeds.len() >= 2,
+        "run.seeds",
+        &run.seeds,
+        "at least two seeds (Model Stock merges two or more runs)",
+    )?;
+    let distinct: HashSet<u64> = run.seeds.iter().copied().collect();
+    c.check(
+        distinct.len() == run.seeds.len(),
+        "run.seeds",
+        &run.seeds,
+        "distinct seeds (equal seeds give identical runs)",
+    )?;
+    // TOML integers are i64: a larger seed (only possible in code) could not be written back.
+    for (i, seed) in run.seeds.iter().enumerate() {
+        c.check(
+            i64::try_from(*seed).is_ok(),
+            &format!("run.seeds[{i}]"),
+            seed,
+            "an integer in [0, 2^63)",
+        )?;
+    }
+    c.check(
+        is_device_syntax(&run.device),
+        "run.device",
+        &run.device,
+        DEVICE_ALLOWED,
+    )?;
+    if !run.devices.is_empty() {
+        c.check(
+            run.devices.len() == run.seeds.len(),
+            "run.devices",
+            &run.devices,
+            &format!(
+                "one device per seed ({} seeds), or an empty list",
+                run.seeds.len()
+            ),
+        )?;
+        for (i, d) in run.devices.iter().enumerate() {
+            c.check(
+                is_device_syntax(d),
+                &format!("run.devices[{i}]"),
+                d,
+                DEVICE_ALLOWED,
+            )?;
+        }
+    }
+    c.check(
+        run.log_every_steps >= 1,
+        "run.log_every_steps",
+        run.log_every_steps,
+        "at least 1",
+    )?;
+
+    let model = &spec.model;
+    if let Some(arch) = &model.arch {
+        c.check(
+            ARCHS.contains(&arch.as_str()),
+            "model.arch",
+            arch,
+            &format!("one of {ARCHS:?} (or omit it to infer from the weights)"),
+        )?;
+    }
+    if let HeadSource::File(p) = &model.head {
+        c.check(
+            !p.as_os_str().is_empty(),
+            "model.head.file",
+            p,
+            "a non-empty path",
+        )?;
+    }
+    c.check(
+        !model.weights.as_os_str().is_empty(),
+        "model.weights",
+        &model.weights,
+        "a non-empty path",
+    )?;
+
+    let data = &spec.data;
+    c.check(
+        !data.root.as_os_str().is_empty(),
+        "data.root",
+        &data.root,
+        "a non-empty path",
+    )?;
+    if let Some(g) = &data.generate {
+        c.check(
+            GENERATORS.contains(&g.as_str()),
+            "data.generate",
+            g,
+            &format!("one of {GENERATORS:?} (or omit it)"),
+        )?;
+    }
+    if let Some(n) = data.train_limit {
+        c.check(
+            n >= 1,
+            "data.train_limit",
+            n,
+            "at least 1 (or omit it for the whole set)",
+        )?;
+    }
+    if let Some(n) = data.image_size {
+        c.check(
+            n >= 1,
+            "data.image_size",
+            n,
+            "at least 1 (or omit it for the model's size)",
+        )?;
+    }
+    c.check(
+        data.prefetch >= 1,
+        "data.prefetch",
+        data.prefetch,
+        "at least 1",
+    )?;
+    let [lo, hi] = data.augment.scale;
+    c.check(
+        lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi && hi <= 1.0,
+        "data.augment.scale",
+        data.augment.scale,
+        "[a, b] with 0 < a <= b <= 1",
+    )?;
+    let [lo, hi] = data.augment.ratio;
+    c.check(
+        lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi,
+        "data.augment.ratio",
+        data.augment.ratio,
+        "[a, b] with 0 < a <= b",
+    )?;
+
+    let o = &spec.optim;
+    c.check(o.epochs >= 1, "optim.epochs", o.epochs, "at least 1")?;
+    c.check(
+        o.batch_size >= 1,
+        "optim.batch_size",
+        o.batch_size,
+        "at least 1",
+    )?;
+    if let Some(m) = o.micro_batch_size {
+        c.check(
+            m >= 1 && m <= o.batch_size && o.batch_size.is_multiple_of(m),
+            "optim.micro_batch_size",
+            m,
+            &format!("a divisor of optim.batch_size = {} (accumulation steps = batch_size / micro_batch_size)", o.batch_size),
+        )?;
+    }
+    c.check(
+        o.lr.is_finite() && o.lr > 0.0,
+        "optim.lr",
+        o.lr,
+        "a finite number > 0",
+    )?;
+    for (i, b) in o.betas.iter().enumerate() {
+        c.check(
+            (0.0..1.0).contains(b),
+            &format!("optim.betas[{i}]"),
+            b,
+            "a number in [0, 1)",
+        )?;
+    }
+    c.check(
+        o.eps.is_finite() && o.eps > 0.0,
+        "optim.eps",
+        o.eps,
+        "a finite number > 0",
+    )?;
+    c.check(
+        o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+        "optim.weight_decay",
+        o.weight_decay,
+        "a finite number >= 0",
+    )?;
+    if let Some(g) = o.grad_clip_norm {
+        c.check(
+            g.is_finite() && g > 0.0,
+            "optim.grad_clip_norm",
+            g,
+            "a finite number > 0, or \"off\"",
+        )?;
+    }
+    c.check(
+        (0.0..1.0).contains(&o.label_smoothing),
+        "optim.label_smoothing",
+        o.label_smoothing,
+        "a number in [0, 1)",
+    )?;
+
+    match spec.merge.period {
+        Period::Epoch => {}
+        Period::Epochs(n) => c.check(n >= 1, "merge.period.epochs", n, "at least 1")?,
+        Period::Steps(n) => c.check(n >= 1, "merge.period.steps", n, "at least 1")?,
+    }
+
+    let e = &spec.eval;
+    let mut seen = HashSet::new();
+    for (i, s) in e.sets.iter().enumerate() {
+        c.check(
+            EVAL_SETS.contains(&s.as_str()),
+            &format!("eval.sets[{i}]"),
+            s,
+            &format!("one of {EVAL_SETS:?}"),
+        )?;
+        c.check(
+            seen.insert(s.as_str()),
+            &format!("eval.sets[{i}]"),
+            s,
+            "each set at most once",
+        )?;
+    }
+    if let Some(n) = e.limit_per_set {
+        c.check(
+            n >= 1,
+            "eval.limit_per_set",
+            n,
+            "at least 1 (or omit it for whole sets)",
+        )?;
+    }
+    c.check(
+        e.batch_size >= 1,
+        "eval.batch_size",
+        e.batch_size,
+        "at least 1",
+    )?;
+    Ok(())
+}

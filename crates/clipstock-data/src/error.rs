@@ -1,0 +1,56 @@
+//! The crate's one error type. Every variant names the file, folder or set involved.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot {action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    // --- preprocessing (decode, resize, augmentation) ---
+    #[error("cannot decode image `{path}`: {reason}")]
+    Decode { path: PathBuf, reason: String },
+
+    // --- layouts, class files, fixtures ---
+    #[error("`{path}` is not a valid {what}: {reason}")]
+    BadFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error("{set}: not found under `{root}`{note}; tried {}", crate::layouts::show_paths(.tried))]
+    SetNotFound {
+        set: &'static str,
+        root: PathBuf,
+        /// Says when the data root itself is missing.
+        note: &'static str,
+        tried: Vec<PathBuf>,
+    },
+
+    #[error("{set}: `{dir}` holds no images ({expected})")]
+    NoImages {
+        set: &'static str,
+        dir: PathBuf,
+        expected: &'static str,
+    },
+
+    #[error("{set}: folder `{dir}` {reason}")]
+    ClassFolder {
+        set: &'static str,
+        dir: PathBuf,
+        reason: String,
+    },
+
+    #[error("unknown evaluation set `{name}`; valid names: {valid}")]
+    UnknownSet { name: String, valid: String },
+
+    // --- options ---
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+}

@@ -1,0 +1,71 @@
+//! The trainer's errors. Each names the file, run, epoch or step involved.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cannot {action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Model(#[from] clipstock_model::ModelError),
+
+    #[error(transparent)]
+    Data(#[from] clipstock_data::DataError),
+
+    #[error(transparent)]
+    Eval(#[from] clipstock_eval::EvalError),
+
+    #[error("merge at epoch {epoch}, step {step}: {source}")]
+    Merge {
+        epoch: u64,
+        step: u64,
+        #[source]
+        source: clipstock_merge::MergeError,
+    },
+
+    #[error("checkpoint `{path}`: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    #[error(
+        "run directory `{0}` already exists; pass --resume to continue it, or choose another run.name"
+    )]
+    RunExists(PathBuf),
+
+    #[error("--resume: `{0}` holds no complete checkpoint")]
+    NothingToResume(PathBuf),
+
+    #[error(
+        "run {run} (seed {seed}): {what} is not finite at epoch {epoch}, step {step}; training \
+         stopped, the last good checkpoint is kept (lower optim.lr or enable optim.grad_clip_norm)"
+    )]
+    NonFinite {
+        run: usize,
+        seed: u64,
+        what: &'static str,
+        epoch: u64,
+        step: u64,
+    },
+
+    #[error("config: {0}")]
+    Plan(String),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn io(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io {
+        action,
+        path,
+        source,
+    }
+}

@@ -1,0 +1,190 @@
+//! The run directory: resolved config, metrics, summaries, merge reports, checkpoints and
+//! results. Every file is written to a temporary sibling and renamed; a checkpoint is a folder
+//! built under a temporary name and renamed, then `checkpoints/latest.json` is replaced, so a
+//! process killed at any instant leaves `latest.json` naming a complete checkpoint.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Result, TrainError, io};
+
+pub struct RunDir {
+    pub path: PathBuf,
+    metrics: File,
+}
+
+/// Where training stands; saved with every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// The epoch in progress (0-based).
+    pub epoch: u64,
+    /// Optimizer steps already taken in `epoch` (the data-order position).
+    pub step_in_epoch: u64,
+    pub global_step: u64,
+    pub merges: u64,
+    pub finished: bool,
+    /// Every evaluation so far: `{epoch, model, results}`.
+    pub evals: Vec<Value>,
+    /// One row per finished epoch for `summary.csv`.
+    pub epochs: Vec<EpochRow>,
+    /// Whether the checkpoint holds the last merge (`merged.safetensors`).
+    pub has_merge: bool,
+    /// The checkpoint folder, relative to `checkpoints/`.
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRow {
+    pub epoch: u64,
+    pub global_step: u64,
+    pub lr: f64,
+    pub loss: Vec<f64>,
+    pub merged_imagenet: Option<f64>,
+    pub merged_ood_mean: Option<f64>,
+    pub mean_t: Option<f64>,
+    pub seconds: f64,
+}
+
+impl RunDir {
+    /// A new run directory; refuses an existing one.
+    pub fn create(path: &Path) -> Result<RunDir> {
+        if path.exists() {
+            return Err(TrainError::RunExists(path.to_path_buf()));
+        }
+        fs::create_dir_all(path).map_err(io("create the run directory", path))?;
+        for sub in ["checkpoints", "merges"] {
+            let p = path.join(sub);
+            fs::create_dir_all(&p).map_err(io("create", &p))?;
+        }
+        Self::open_metrics(path)
+    }
+
+    /// An existing run directory with a complete checkpoint.
+    pub fn open(path: &Path) -> Result<RunDir> {
+        if !path.join("checkpoints").join("latest.json").is_file() {
+            return Err(TrainError::NothingToResume(path.to_path_buf()));
+        }
+        Self::open_metrics(path)
+    }
+
+    fn open_metrics(path: &Path) -> Result<RunDir> {
+        let m = path.join("metrics.jsonl");
+        let metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m)
+            .map_err(io("open", &m))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            metrics,
+        })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Appends one JSON object to `metrics.jsonl` (flushed: a killed run keeps its lines).
+    pub fn metric(&mut self, value: &Value) -> Result<()> {
+        let p = self.path.join("metrics.jsonl");
+        let mut line = value.to_string();
+        line.push('\n');
+        self.metrics
+            .write_all(line.as_bytes())
+            .and_then(|_| self.metrics.flush())
+            .map_err(io("append to", p))
+    }
+
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.path.join(name), bytes)
+    }
+
+    /// Reads `checkpoints/latest.json`.
+    pub fn latest(&self) -> Result<TrainerState> {
+        let p = self.path.join("checkpoints").join("latest.json");
+        let text = fs::read_to_string(&p).map_err(io("read", &p))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: p,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn checkpoint_dir(&self, state: &TrainerState) -> PathBuf {
+        self.path.join("checkpoints").join(&state.dir)
+    }
+
+    /// Writes a checkpoint: `files` (name → bytes) into a fresh folder, then `latest.json`,
+    /// then removes older checkpoint folders.
+    pub fn save_checkpoint(
+        &self,
+        state: &TrainerState,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<PathBuf> {
+        let root = self.path.join("checkpoints");
+        let final_dir = root.join(&state.dir);
+        let tmp = root.join(format!(".tmp-{}", state.dir));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io("remove the stale", &tmp))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        for (name, bytes) in files {
+            let p = tmp.join(&name);
+            let mut f = File::create(&p).map_err(io("create", &p))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(io("write", &p))?;
+        }
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).map_err(io("replace", &final_dir))?;
+        }
+        fs::rename(&tmp, &final_dir).map_err(io("rename into place", &final_dir))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
+            path: root.join("latest.json"),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&root.join("latest.json"), &json)?;
+        // Older checkpoints go only after latest.json names the new one.
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.path().is_dir() && name != state.dir && !name.starts_with(".tmp-") {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(final_dir)
+    }
+}
+
+/// Temporary sibling, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    clipstock_model::state::write_atomic(path, bytes).map_err(TrainError::from)
+}
+
+/// `summary.csv`: one row per epoch.
+pub fn summary_csv(rows: &[EpochRow], runs: usize) -> String {
+    let mut out = String::from("epoch,global_step,lr");
+    for i in 1..=runs {
+        out.push_str(&format!(",loss_run_{i}"));
+    }
+    out.push_str(",merged_imagenet_top1,merged_ood_mean,mean_t,seconds\n");
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
+    for r in rows {
+        out.push_str(&format!("{},{},{:.6e}", r.epoch, r.global_step, r.lr));
+        for i in 0..runs {
+            out.push_str(&format!(",{}", opt(r.loss.get(i).copied())));
+        }
+        out.push_str(&format!(
+            ",{},{},{},{:.1}\n",
+            opt(r.merged_imagenet),
+            opt(r.merged_ood_mean),
+            opt(r.mean_t),
+            r.seconds
+        ));
+    }
+    out
+}

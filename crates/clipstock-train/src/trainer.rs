@@ -1,0 +1,1030 @@
+//! The N-run lockstep loop with the periodic Model Stock hook.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use clipstock_config::{
+    AfterMerge, Anchor, HeadSource, MergeMethod, OptimizerStatePolicy, Period, Precision, RunSpec,
+    Schedule,
+};
+use clipstock_data::classes::{ClassFiles, ClassSpace};
+use clipstock_data::layouts::{
+    EvalSet, OpenOptions, Sample, SetName, open_eval_set, open_train_set,
+};
+use clipstock_data::loader::{Loader, LoaderOptions, epoch_order};
+use clipstock_data::preprocess::{DecodeLimits, TrainTransform, Transform};
+use clipstock_eval::{EvalOptions, EvalResults, PreparedSet, Progress, SetSource, evaluate};
+use clipstock_merge::{MergeOptions, MergeReport, Method, TensorRef};
+use clipstock_model::load::{apply_state, export, module_state};
+use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
+use clipstock_model::{Checkpoint, ClipTokenizer, DeviceSpec, ImageClassifier, Naming, StateDict};
+use serde_json::{Value, json};
+use tracing::{info, info_span};
+
+use crate::error::{Result, TrainError, io};
+use crate::rundir::{EpochRow, RunDir, TrainerState, summary_csv};
+use crate::schedule::{constant_lr, cosine_lr};
+use crate::step::{clip_factor, cross_entropy, grad_norm, scale_grads};
+
+/// In-memory preparation of evaluation sets pays off below this size.
+const PREPARE_BUDGET_BYTES: usize = 1 << 30;
+
+/// How a training call behaves beyond the config.
+#[derive(Clone, Default)]
+pub struct TrainOptions {
+    /// Continue the run directory's last complete checkpoint.
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to save a checkpoint at the next step boundary and return.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What the caller hears, to draw progress (the library never prints).
+#[derive(Debug, Clone)]
+pub enum Event {
+    Phase(String),
+    EpochStart {
+        epoch: u64,
+        epochs: u64,
+        steps: u64,
+        start_step: u64,
+    },
+    Step {
+        epoch: u64,
+        step: u64,
+        global_step: u64,
+        losses: Vec<f64>,
+        lr: f64,
+        images_per_sec: f64,
+    },
+    EvalSet {
+        model: String,
+        set: SetName,
+        images: usize,
+    },
+    EvalProgress {
+        done: usize,
+    },
+    EvalDone {
+        model: String,
+        table_row: String,
+    },
+    Merged {
+        epoch: u64,
+        summary: String,
+    },
+    Checkpoint(PathBuf),
+}
+
+pub trait Observer {
+    fn on(&mut self, event: Event);
+}
+
+/// A no-op observer (tests).
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn on(&mut self, _event: Event) {}
+}
+
+/// What a finished (or stopped) call leaves behind.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    pub results_markdown: String,
+    pub final_merged: Option<PathBuf>,
+    pub stopped_early: bool,
+}
+
+struct Run {
+    seed: u64,
+    device: Device,
+    model: ImageClassifier,
+    optim: ModuleOptimizer,
+}
+
+struct Trainer<'a> {
+    spec: &'a RunSpec,
+    dir: RunDir,
+    runs: Vec<Run>,
+    eval_device: Device,
+    /// w0 on the evaluation device, the base every evaluated state is written into.
+    eval_base: ImageClassifier,
+    w0: StateDict,
+    last_merge: Option<StateDict>,
+    train: Arc<[Sample]>,
+    eval_sets: Vec<EvalSet>,
+    prepared: Vec<PreparedSet>,
+    steps_per_epoch: u64,
+    image_size: u32,
+    state: TrainerState,
+    extras: StateDict,
+}
+
+/// Trains the N runs of `spec` in lockstep with periodic merging; see the crate docs.
+pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Outcome> {
+    check_supported(spec)?;
+    let run_path = spec.run_dir();
+    let dir = if opts.resume {
+        RunDir::open(&run_path)?
+    } else {
+        // Check the inputs before creating anything on disk.
+        if run_path.exists() {
+            return Err(TrainError::RunExists(run_path));
+        }
+        check_inputs(spec)?;
+        let dir = RunDir::create(&run_path)?;
+        dir.write("config.toml", spec.to_toml().as_bytes())?;
+        dir
+    };
+    if opts.resume {
+        let stored_path = dir.file("config.toml");
+        let stored = std::fs::read_to_string(&stored_path).map_err(io("read", &stored_path))?;
+        if stored != spec.to_toml() {
+            return Err(TrainError::Plan(format!(
+                "the config differs from the run's `{}`; resume with the same config and --set \
+                 overrides (diff the two files to see what changed)",
+                stored_path.display()
+            )));
+        }
+    }
+    let mut t = Trainer::build(spec, dir, obs)?;
+    if opts.resume {
+        t.restore()?;
+        obs.on(Event::Phase(format!(
+            "resumed at epoch {}, step {} (global step {})",
+            t.state.epoch + 1,
+            t.state.step_in_epoch,
+            t.state.global_step
+        )));
+        t.dir.metric(&json!({"kind": "resume", "epoch": t.state.epoch, "step": t.state.step_in_epoch, "global_step": t.state.global_step}))?;
+    } else {
+        // A first checkpoint before any step: a full disk or an unwritable folder fails here,
+        // not after an epoch of work.
+        t.checkpoint(obs)?;
+        if spec.eval.zero_shot {
+            let base = t.eval_base.clone();
+            t.evaluate_model(0, "zero-shot", &base, obs)?;
+            t.checkpoint(obs)?;
+        }
+    }
+    t.run_loop(opts, obs)
+}
+
+fn check_supported(spec: &RunSpec) -> Result<()> {
+    if spec.optim.precision != Precision::F32 {
+        return Err(TrainError::Plan(
+            "optim.precision: only \"f32\" is implemented (burn 0.22 has no autocast); f16/bf16 \
+             training is not available yet"
+                .into(),
+        ));
+    }
+    if spec.merge.optimizer_state == OptimizerStatePolicy::Average {
+        return Err(TrainError::Plan(
+            "merge.optimizer_state = \"average\" is not implemented yet; use \"keep\" or \"reset\""
+                .into(),
+        ));
+    }
+    if !spec.run.devices.is_empty() && spec.run.devices.len() != spec.run.seeds.len() {
+        return Err(TrainError::Plan(format!(
+            "run.devices has {} entries but run.seeds has {}: give one device per run",
+            spec.run.devices.len(),
+            spec.run.seeds.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Files the run needs, checked before the run directory is created.
+fn check_inputs(spec: &RunSpec) -> Result<()> {
+    let mut files = vec![("model.weights", spec.model.weights.clone())];
+    if spec.model.head == HeadSource::ZeroShot {
+        files.push(("model.classnames", spec.model.classnames.clone()));
+        files.push(("model.templates", spec.model.templates.clone()));
+    }
+    if let HeadSource::File(p) = &spec.model.head {
+        files.push(("model.head.file", p.clone()));
+    }
+    for (key, path) in files {
+        if !path.is_file() {
+            return Err(TrainError::Plan(format!(
+                "{key}: `{}` does not exist or is not a file",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The models of a run directory, for `clipstock eval --run`: the zero-shot w0, each run at its
+/// last complete checkpoint, and the last merge if there was one.
+pub fn run_dir_models(
+    spec: &RunSpec,
+    device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<Vec<(String, ImageClassifier)>> {
+    let classes = ClassSpace::load(&class_files(spec))?;
+    let (base, _) = build_w0(spec, &classes, device, obs)?;
+    let dir = RunDir::open(&spec.run_dir())?;
+    let state = dir.latest()?;
+    let ck = dir.checkpoint_dir(&state);
+    let mut out = vec![("zero-shot".to_string(), base.clone())];
+    for (i, &seed) in spec.run.seeds.iter().enumerate() {
+        let p = ck.join(format!("run_{}.bpk", i + 1));
+        let err = |e: String| TrainError::Checkpoint {
+            path: p.clone(),
+            reason: e,
+        };
+        let record = ModuleRecord::load(&p).map_err(|e| err(format!("{e:?}")))?;
+        let model = base
+            .clone()
+            .try_load_record(record)
+            .map_err(|e| err(format!("{e:?}")))?;
+        out.push((run_label(i, seed), model));
+    }
+    if state.has_merge {
+        let merged = StateDict::read(&ck.join("merged.safetensors"))?;
+        out.push(("merged".to_string(), apply_state(base, &merged, "merged")?));
+    }
+    Ok(out)
+}
+
+/// The class files a run uses: `data.class_dir` or the ImageNet files under `data/`.
+pub fn class_files(spec: &RunSpec) -> ClassFiles {
+    match &spec.data.class_dir {
+        Some(d) => ClassFiles {
+            wnids: d.join("wnids.txt"),
+            classnames: d.join("classnames.json"),
+            r_subset: d.join("r_subset.json"),
+            a_subset: d.join("a_subset.json"),
+            objectnet: d.join("objectnet.json"),
+        },
+        None => ClassFiles::imagenet(Path::new("data")),
+    }
+}
+
+fn parse_device(s: &str, key: &str) -> Result<Device> {
+    let spec: DeviceSpec = s
+        .parse()
+        .map_err(|e| TrainError::Plan(format!("{key} = \"{s}\": {e}")))?;
+    Ok(spec.device()?)
+}
+
+fn state_refs(sd: &StateDict) -> Vec<TensorRef<'_>> {
+    sd.iter()
+        .map(|(name, t)| TensorRef {
+            name,
+            shape: &t.shape,
+            data: &t.data,
+        })
+        .collect()
+}
+
+impl<'a> Trainer<'a> {
+    fn build(spec: &'a RunSpec, dir: RunDir, obs: &mut dyn Observer) -> Result<Self> {
+        let classes = ClassSpace::load(&class_files(spec))?;
+        if let Some(kind) = &spec.data.generate {
+            if kind != "quickstart" {
+                return Err(TrainError::Plan(format!(
+                    "data.generate = \"{kind}\": the only generator is \"quickstart\""
+                )));
+            }
+            obs.on(Event::Phase(format!(
+                "quickstart image sets in {} (written from the shipped assets on first use)",
+                spec.data.root.display()
+            )));
+            let assets = spec
+                .data
+                .class_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/quickstart"));
+            clipstock_data::quickstart::ensure_quickstart_tree(&assets, &spec.data.root)?;
+        }
+
+        let eval_device = parse_device(&spec.run.device, "run.device")?;
+        let (eval_base, extras) = build_w0(spec, &classes, &eval_device, obs)?;
+        let w0 = module_state(&eval_base);
+        let image_size = spec
+            .data
+            .image_size
+            .unwrap_or(eval_base.model.visual.image_size() as u32);
+
+        let mut runs = Vec::new();
+        for (i, &seed) in spec.run.seeds.iter().enumerate() {
+            let device = match spec.run.devices.get(i) {
+                Some(d) => parse_device(d, &format!("run.devices[{i}]"))?,
+                None => eval_device.clone(),
+            };
+            let model = apply_state(eval_base.clone(), &w0, "w0")?;
+            let model = model.fork(&device.clone().autodiff()).train();
+            runs.push(Run {
+                seed,
+                device: device.autodiff(),
+                model,
+                optim: new_optimizer(spec),
+            });
+        }
+
+        obs.on(Event::Phase("indexing the image folders".into()));
+        let train_set = open_train_set(&spec.data.root, &classes)?;
+        let mut train_samples = train_set.samples;
+        if let Some(limit) = spec.data.train_limit
+            && limit < train_samples.len()
+        {
+            let n = train_samples.len();
+            train_samples = (0..limit)
+                .map(|i| train_samples[i * n / limit].clone())
+                .collect();
+        }
+        let steps_per_epoch = (train_samples.len() / spec.optim.batch_size) as u64;
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Plan(format!(
+                "the train set has {} images, fewer than one batch (optim.batch_size = {})",
+                train_samples.len(),
+                spec.optim.batch_size
+            )));
+        }
+        let open_opts = OpenOptions {
+            limit_per_set: spec.eval.limit_per_set,
+            objectnet_border_crop: spec.eval.objectnet_border_crop,
+            expect_published_sizes: spec.eval.expect_published_sizes,
+        };
+        let mut eval_sets = Vec::new();
+        for key in &spec.eval.sets {
+            let name = SetName::parse(key)?;
+            let set = open_eval_set(name, &spec.data.root, &classes, &open_opts)?;
+            eval_sets.push(set);
+        }
+        let bytes_needed: usize = eval_sets
+            .iter()
+            .map(|s| s.samples.len() * 3 * (image_size as usize).pow(2) * 4)
+            .sum();
+        let mut prepared = Vec::new();
+        if bytes_needed <= PREPARE_BUDGET_BYTES {
+            obs.on(Event::Phase("decoding the evaluation sets once".into()));
+            for set in eval_sets.drain(..) {
+                prepared.push(PreparedSet::prepare(set, image_size, &eval_options(spec))?);
+            }
+        }
+
+        let state = TrainerState {
+            epoch: 0,
+            step_in_epoch: 0,
+            global_step: 0,
+            merges: 0,
+            finished: false,
+            evals: Vec::new(),
+            epochs: Vec::new(),
+            has_merge: false,
+            dir: String::new(),
+        };
+        Ok(Trainer {
+            spec,
+            dir,
+            runs,
+            eval_device,
+            eval_base,
+            w0,
+            last_merge: None,
+            train: train_samples.into(),
+            eval_sets,
+            prepared,
+            steps_per_epoch,
+            image_size,
+            state,
+            extras,
+        })
+    }
+
+    fn total_steps(&self) -> u64 {
+        self.steps_per_epoch * self.spec.optim.epochs
+    }
+
+    fn lr(&self, step: u64) -> f64 {
+        let o = &self.spec.optim;
+        match o.schedule {
+            Schedule::Cosine => cosine_lr(step, o.lr, o.warmup_steps, self.total_steps()),
+            Schedule::Constant => constant_lr(step, o.lr, o.warmup_steps),
+        }
+    }
+
+    fn run_loop(mut self, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Outcome> {
+        let spec = self.spec;
+        let accum = spec.accumulation_steps();
+        let micro = spec.optim.batch_size / accum;
+        while self.state.epoch < spec.optim.epochs {
+            let epoch = self.state.epoch;
+            let _span = info_span!("epoch", epoch = epoch + 1).entered();
+            let epoch_start = Instant::now();
+            let start_step = self.state.step_in_epoch;
+            obs.on(Event::EpochStart {
+                epoch,
+                epochs: spec.optim.epochs,
+                steps: self.steps_per_epoch,
+                start_step,
+            });
+            let used = (self.steps_per_epoch as usize) * spec.optim.batch_size;
+            let mut loaders = Vec::new();
+            for run in &self.runs {
+                let mut order = epoch_order(self.train.len(), run.seed, epoch);
+                order.truncate(used);
+                let order = order.split_off(start_step as usize * spec.optim.batch_size);
+                let transform = Transform::Train(TrainTransform {
+                    size: self.image_size,
+                    scale: (spec.data.augment.scale[0], spec.data.augment.scale[1]),
+                    ratio: (spec.data.augment.ratio[0], spec.data.augment.ratio[1]),
+                    hflip: spec.data.augment.hflip,
+                });
+                loaders.push(Loader::new(
+                    self.train.clone(),
+                    order,
+                    transform,
+                    LoaderOptions {
+                        batch_size: micro,
+                        workers: spec.data.workers,
+                        prefetch: spec.data.prefetch.max(1),
+                        seed: run.seed,
+                        epoch,
+                        limits: DecodeLimits::default(),
+                    },
+                )?);
+            }
+            let mut loss_sums = vec![0.0f64; self.runs.len()];
+            let mut loss_counts = 0u64;
+            let mut lr = 0.0;
+            while self.state.step_in_epoch < self.steps_per_epoch {
+                let step_start = Instant::now();
+                lr = self.lr(self.state.global_step);
+                let mut losses = Vec::with_capacity(self.runs.len());
+                let mut images = 0usize;
+                for (i, loader) in loaders.iter_mut().enumerate() {
+                    let (loss, n) = self.step_run(i, loader, accum, lr)?;
+                    losses.push(loss);
+                    images += n;
+                }
+                for (s, l) in loss_sums.iter_mut().zip(&losses) {
+                    *s += l;
+                }
+                loss_counts += 1;
+                self.state.step_in_epoch += 1;
+                self.state.global_step += 1;
+                let ips = images as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
+                let step = self.state.step_in_epoch;
+                if step.is_multiple_of(spec.run.log_every_steps.max(1))
+                    || step == self.steps_per_epoch
+                {
+                    self.dir.metric(&json!({
+                        "kind": "step", "epoch": epoch + 1, "step": step,
+                        "global_step": self.state.global_step, "lr": lr,
+                        "loss": losses, "images_per_sec": ips,
+                    }))?;
+                    info!(epoch = epoch + 1, step, lr, ?losses, "step");
+                }
+                obs.on(Event::Step {
+                    epoch,
+                    step,
+                    global_step: self.state.global_step,
+                    losses,
+                    lr,
+                    images_per_sec: ips,
+                });
+                if let Period::Steps(k) = spec.merge.period
+                    && self.state.global_step.is_multiple_of(k.max(1))
+                    && self.state.step_in_epoch < self.steps_per_epoch
+                {
+                    self.merge(true, obs)?;
+                }
+                if opts.stop.load(Ordering::SeqCst) {
+                    drop(loaders);
+                    obs.on(Event::Phase("stopping: saving a checkpoint".into()));
+                    self.checkpoint(obs)?;
+                    return self.finish(true);
+                }
+            }
+            drop(loaders);
+
+            let is_last = epoch + 1 == spec.optim.epochs;
+            let merge_now = match spec.merge.period {
+                Period::Epoch => true,
+                Period::Epochs(k) => (epoch + 1).is_multiple_of(k.max(1)),
+                Period::Steps(k) => self.state.global_step.is_multiple_of(k.max(1)),
+            } || is_last;
+            let eval_now = is_last
+                || (spec.eval.every_epochs > 0
+                    && (epoch + 1).is_multiple_of(spec.eval.every_epochs));
+            if eval_now && spec.eval.runs {
+                for i in 0..self.runs.len() {
+                    let label = run_label(i, self.runs[i].seed);
+                    let model = self.eval_model_of_run(i)?;
+                    self.evaluate_model(epoch + 1, &label, &model, obs)?;
+                }
+            }
+            let mut mean_t = None;
+            if merge_now && spec.merge.method != MergeMethod::None {
+                // After the last merge nothing trains on, so the runs keep their own weights (exported
+                // next to the merge).
+                mean_t = Some(self.merge(!is_last, obs)?);
+            }
+            let (mut merged_in, mut merged_ood) = (None, None);
+            if eval_now && let Some(m) = self.last_merge.clone() {
+                let model = apply_state(self.eval_base.clone(), &m, "merged")?;
+                let r = self.evaluate_model(epoch + 1, "merged", &model, obs)?;
+                merged_in = r.get(SetName::ImageNet).map(|s| s.top1);
+                merged_ood = r.ood_mean().map(|(m, _)| m);
+            }
+            self.state.epochs.push(EpochRow {
+                epoch: epoch + 1,
+                global_step: self.state.global_step,
+                lr,
+                loss: loss_sums
+                    .iter()
+                    .map(|s| s / loss_counts.max(1) as f64)
+                    .collect(),
+                merged_imagenet: merged_in,
+                merged_ood_mean: merged_ood,
+                mean_t,
+                seconds: epoch_start.elapsed().as_secs_f64(),
+            });
+            self.dir.write(
+                "summary.csv",
+                summary_csv(&self.state.epochs, self.runs.len()).as_bytes(),
+            )?;
+            self.state.epoch += 1;
+            self.state.step_in_epoch = 0;
+            if is_last {
+                self.state.finished = true;
+            }
+            if is_last
+                || (spec.run.checkpoint_every_epochs > 0
+                    && (epoch + 1).is_multiple_of(spec.run.checkpoint_every_epochs))
+            {
+                self.checkpoint(obs)?;
+            }
+            if opts.stop.load(Ordering::SeqCst) && !is_last {
+                return self.finish(true);
+            }
+        }
+        self.finish(false)
+    }
+
+    /// One optimizer step of run `i`: `accum` micro-batches, global-norm clipping, AdamW.
+    /// Returns the mean loss and the number of images used.
+    fn step_run(
+        &mut self,
+        i: usize,
+        loader: &mut Loader,
+        accum: usize,
+        lr: f64,
+    ) -> Result<(f64, usize)> {
+        let spec = self.spec;
+        let epoch = self.state.epoch + 1;
+        let step = self.state.step_in_epoch + 1;
+        let run = &mut self.runs[i];
+        let mut acc = GradientsAccumulator::<ImageClassifier>::new();
+        let mut loss_total = 0.0;
+        let mut images = 0;
+        let mut micro_done = 0;
+        for _ in 0..accum {
+            let Some(batch) = loader.next() else { break };
+            if batch.is_empty() {
+                continue;
+            }
+            let s = batch.size as usize;
+            let n = batch.len();
+            let x =
+                Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, s, s]), &run.device);
+            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &run.device);
+            let loss = cross_entropy(run.model.forward(x), y, spec.optim.label_smoothing);
+            let value = loss
+                .clone()
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    run: i + 1,
+                    seed: run.seed,
+                    what: "the loss",
+                    epoch,
+                    step,
+                });
+            }
+            let grads = GradientsParams::from_grads((loss / accum as f64).backward(), &run.model);
+            acc.accumulate(&run.model, grads);
+            loss_total += value;
+            images += n;
+            micro_done += 1;
+        }
+        if micro_done == 0 {
+            return Ok((f64::NAN, 0));
+        }
+        let mut grads = acc.grads();
+        let norm = grad_norm(&run.model, &grads);
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                run: i + 1,
+                seed: run.seed,
+                what: "the gradient norm",
+                epoch,
+                step,
+            });
+        }
+        if let Some(max) = spec.optim.grad_clip_norm {
+            let f = clip_factor(norm, max);
+            if f < 1.0 {
+                scale_grads(&run.model, &mut grads, f);
+            }
+        }
+        let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+        run.model = run.optim.step(lr, model, grads);
+        Ok((loss_total / micro_done as f64, images))
+    }
+
+    fn eval_model_of_run(&self, i: usize) -> Result<ImageClassifier> {
+        let state = module_state(&self.runs[i].model);
+        Ok(apply_state(self.eval_base.clone(), &state, "run")?)
+    }
+
+    /// Model Stock (or the configured method) over the runs' current weights; writes the
+    /// report, and resets the runs to the merge when configured and `reset_runs`. Returns the
+    /// mean ratio.
+    fn merge(&mut self, reset_runs: bool, obs: &mut dyn Observer) -> Result<f64> {
+        let spec = self.spec;
+        let epoch = self.state.epoch + 1;
+        let step = self.state.global_step;
+        let _span = info_span!("merge", epoch, step).entered();
+        let states: Vec<StateDict> = self.runs.iter().map(|r| module_state(&r.model)).collect();
+        let anchor = match (spec.merge.anchor, &self.last_merge) {
+            (Anchor::PreviousMerge, Some(m)) => m,
+            _ => &self.w0,
+        };
+        let method = match spec.merge.method {
+            MergeMethod::Uniform => Method::UniformSoup,
+            _ => Method::ModelStock {
+                clamp_t: spec.merge.clamp_t,
+            },
+        };
+        let anchor_refs = state_refs(anchor);
+        let model_refs: Vec<Vec<TensorRef<'_>>> = states.iter().map(state_refs).collect();
+        let model_slices: Vec<&[TensorRef<'_>]> = model_refs.iter().map(Vec::as_slice).collect();
+        let (tensors, report) = clipstock_merge::merge_tensors(
+            Some(&anchor_refs),
+            &model_slices,
+            &MergeOptions::new(method),
+        )
+        .map_err(|source| TrainError::Merge {
+            epoch,
+            step,
+            source,
+        })?;
+        let mut merged = StateDict::new();
+        for t in tensors {
+            let dtype = self
+                .w0
+                .get(&t.name)
+                .map(|h| h.dtype)
+                .unwrap_or(clipstock_model::DType::F32);
+            merged.insert(
+                t.name,
+                clipstock_model::HostTensor::new(t.shape, dtype, t.data),
+            );
+        }
+        self.state.merges += 1;
+        let name = match spec.merge.period {
+            Period::Steps(_) => format!("merges/step_{step:07}"),
+            _ => format!("merges/epoch_{epoch:03}"),
+        };
+        self.dir
+            .write(&format!("{name}.json"), report.to_json().as_bytes())?;
+        self.dir.write(
+            &format!("{name}.svg"),
+            clipstock_merge::ratio_plot_svg(&report).as_bytes(),
+        )?;
+        self.dir.write(
+            &format!("{name}.png"),
+            &clipstock_merge::ratio_plot_png(&report),
+        )?;
+        let mean_t = mean_ratio(&report);
+        self.dir.metric(&json!({
+            "kind": "merge", "epoch": epoch, "global_step": step, "merge": self.state.merges,
+            "mean_t": mean_t, "summary": serde_json::to_value(&report.summary).unwrap_or(Value::Null),
+        }))?;
+        let sm = &report.summary;
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into());
+        obs.on(Event::Merged {
+            epoch,
+            summary: format!(
+                "{} of {} runs, {} tensors merged, t min {} / mean {} / max {}, {} with cos ≤ 0",
+                sm.method,
+                sm.n_models,
+                sm.merged,
+                f(sm.t_min),
+                f(sm.t_mean),
+                f(sm.t_max),
+                sm.cos_le_zero
+            ),
+        });
+        if reset_runs && spec.merge.after_merge == AfterMerge::ResetRuns {
+            for (i, run) in self.runs.iter_mut().enumerate() {
+                let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+                run.model = apply_state(model, &merged, &format!("run {}", i + 1))?;
+                if spec.merge.optimizer_state == OptimizerStatePolicy::Reset {
+                    run.optim = new_optimizer(spec);
+                }
+            }
+        }
+        self.last_merge = Some(merged);
+        Ok(mean_t)
+    }
+
+    fn evaluate_model(
+        &mut self,
+        epoch: u64,
+        label: &str,
+        model: &ImageClassifier,
+        obs: &mut dyn Observer,
+    ) -> Result<EvalResults> {
+        let _span = info_span!("eval", model = label).entered();
+        let sources: Vec<SetSource<'_>> = if self.prepared.is_empty() {
+            self.eval_sets.iter().map(SetSource::Disk).collect()
+        } else {
+            self.prepared.iter().map(SetSource::Prepared).collect()
+        };
+        let names: Vec<(SetName, usize)> = sources
+            .iter()
+            .map(|s| match s {
+                SetSource::Disk(e) => (e.name, e.samples.len()),
+                SetSource::Prepared(p) => (p.set.name, p.set.samples.len()),
+            })
+            .collect();
+        let label_owned = label.to_string();
+        let results = evaluate(
+            model,
+            &sources,
+            &self.eval_device,
+            &eval_options(self.spec),
+            |p| match p {
+                Progress::Start { set_index, images } => obs.on(Event::EvalSet {
+                    model: label_owned.clone(),
+                    set: names[set_index].0,
+                    images,
+                }),
+                Progress::Batch { done, .. } => obs.on(Event::EvalProgress { done }),
+                Progress::Finish { .. } => {}
+            },
+            None,
+        )?;
+        let record = json!({"epoch": epoch, "model": label, "results": results.to_json()});
+        self.dir.metric(
+            &json!({"kind": "eval", "epoch": epoch, "model": label, "results": results.to_json()}),
+        )?;
+        self.state.evals.push(record);
+        let row = clipstock_eval::markdown_table(&[(label.to_string(), &results)]);
+        obs.on(Event::EvalDone {
+            model: label.to_string(),
+            table_row: row,
+        });
+        Ok(results)
+    }
+
+    /// Saves every run's module and optimizer state, the last merge and the trainer state.
+    fn checkpoint(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        self.state.dir = format!(
+            "epoch_{:03}_step_{:07}",
+            self.state.epoch, self.state.global_step
+        );
+        let ckpt_path = self.dir.path.join("checkpoints").join(&self.state.dir);
+        let err = |reason: String| TrainError::Checkpoint {
+            path: ckpt_path.clone(),
+            reason,
+        };
+        let mut files = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            let bytes = run
+                .model
+                .clone()
+                .into_record()
+                .into_bytes()
+                .map_err(|e| err(format!("run {}: {e:?}", i + 1)))?;
+            files.push((format!("run_{}.bpk", i + 1), bytes.to_vec()));
+            let bytes = run
+                .optim
+                .into_bytes()
+                .map_err(|e| err(format!("run {} optimizer: {e:?}", i + 1)))?;
+            files.push((format!("run_{}.optim.bpk", i + 1), bytes.to_vec()));
+        }
+        self.state.has_merge = self.last_merge.is_some();
+        if let Some(m) = &self.last_merge {
+            let tmp = tempfile::NamedTempFile::new_in(&self.dir.path)
+                .map_err(io("create a temporary file in", &self.dir.path))?;
+            m.write_safetensors(tmp.path(), Some(clipstock_model::DType::F32), None)?;
+            let bytes = std::fs::read(tmp.path()).map_err(io("read", tmp.path()))?;
+            files.push(("merged.safetensors".into(), bytes));
+        }
+        let path = self.dir.save_checkpoint(&self.state, files)?;
+        obs.on(Event::Checkpoint(path));
+        Ok(())
+    }
+
+    /// Loads the last complete checkpoint into the freshly built runs.
+    fn restore(&mut self) -> Result<()> {
+        let state = self.dir.latest()?;
+        let dir = self.dir.checkpoint_dir(&state);
+        let err = |reason: String| TrainError::Checkpoint {
+            path: dir.clone(),
+            reason,
+        };
+        for (i, run) in self.runs.iter_mut().enumerate() {
+            let p = dir.join(format!("run_{}.bpk", i + 1));
+            let record =
+                ModuleRecord::load(&p).map_err(|e| err(format!("{}: {e:?}", p.display())))?;
+            let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+            run.model = model
+                .try_load_record(record)
+                .map_err(|e| err(format!("{}: {e:?}", p.display())))?;
+            let p = dir.join(format!("run_{}.optim.bpk", i + 1));
+            let optim = std::mem::replace(&mut run.optim, new_optimizer(self.spec));
+            run.optim = optim
+                .load(&p)
+                .map_err(|e| err(format!("{}: {e:?}", p.display())))?;
+        }
+        self.last_merge = if state.has_merge {
+            Some(StateDict::read(&dir.join("merged.safetensors"))?)
+        } else {
+            None
+        };
+        self.state = state;
+        Ok(())
+    }
+
+    fn finish(self, stopped_early: bool) -> Result<Outcome> {
+        let table = self.results_table();
+        self.dir.write("results.md", table.as_bytes())?;
+        let mut final_merged = None;
+        if !stopped_early && let Some(m) = &self.last_merge {
+            let path = self.dir.file("merged_final.safetensors");
+            let canonical = m
+                .clone()
+                .rename(|k| Some(k.strip_prefix("model.").unwrap_or(k).to_string()));
+            let full = clipstock_model::load::with_extras(canonical, &self.extras);
+            export(&full, Naming::ModelSoups, None, &path)?;
+            final_merged = Some(path);
+        }
+        if !stopped_early {
+            // The individual fine-tuned runs too: the inputs of any later soup or merge.
+            for (i, run) in self.runs.iter().enumerate() {
+                let path = self.dir.file(&format!("run_{}_final.safetensors", i + 1));
+                let canonical = module_state(&run.model)
+                    .rename(|k| Some(k.strip_prefix("model.").unwrap_or(k).to_string()));
+                let full = clipstock_model::load::with_extras(canonical, &self.extras);
+                export(&full, Naming::ModelSoups, None, &path)?;
+            }
+        }
+        Ok(Outcome {
+            run_dir: self.dir.path.clone(),
+            results_markdown: table,
+            final_merged,
+            stopped_early,
+        })
+    }
+
+    /// The paper-style table: the latest evaluation of zero-shot, each run and the merge.
+    fn results_table(&self) -> String {
+        let mut latest: Vec<(String, EvalResults)> = Vec::new();
+        for e in &self.state.evals {
+            let (Some(model), Some(results)) = (e["model"].as_str(), e.get("results")) else {
+                continue;
+            };
+            let r = results_from_json(results);
+            match latest.iter_mut().find(|(m, _)| m == model) {
+                Some(slot) => slot.1 = r,
+                None => latest.push((model.to_string(), r)),
+            }
+        }
+        let rows: Vec<(String, &EvalResults)> =
+            latest.iter().map(|(m, r)| (m.clone(), r)).collect();
+        let mut out = format!("# {}\n\n", self.spec.run.name);
+        out.push_str(&clipstock_eval::markdown_table(&rows));
+        out
+    }
+}
+
+/// w0: the pretrained image tower with its head (zero-shot from the text tower, the
+/// checkpoint's own, or a file), text tower removed, on `eval_device`; plus the checkpoint's
+/// unused tensors (carried into exports).
+pub fn build_w0(
+    spec: &RunSpec,
+    classes: &ClassSpace,
+    eval_device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<(ImageClassifier, StateDict)> {
+    obs.on(Event::Phase(format!(
+        "loading {}",
+        spec.model.weights.display()
+    )));
+    let ckpt = Checkpoint::read(&spec.model.weights)?;
+    let head = match &spec.model.head {
+        HeadSource::Checkpoint => None,
+        HeadSource::File(p) => Some(StateDict::read(p)?),
+        HeadSource::ZeroShot => {
+            obs.on(Event::Phase("building the zero-shot head".into()));
+            let clip = ckpt.clip(eval_device)?;
+            let ctx = ckpt
+                .arch
+                .text
+                .as_ref()
+                .map(|t| t.context_length)
+                .unwrap_or(77);
+            let tokenizer = ClipTokenizer::new(ctx);
+            let classnames = read_string_list(&spec.model.classnames)?;
+            let templates = read_string_list(&spec.model.templates)?;
+            if classnames.len() != classes.num_classes() {
+                return Err(TrainError::Plan(format!(
+                    "model.classnames `{}` has {} classes but the dataset's class list has {}",
+                    spec.model.classnames.display(),
+                    classnames.len(),
+                    classes.num_classes()
+                )));
+            }
+            Some(zeroshot_head(
+                &clip,
+                &tokenizer,
+                &classnames,
+                &templates,
+                8,
+                eval_device,
+                |_| {},
+            )?)
+        }
+    };
+    let mut eval_base = ckpt.classifier(head.as_ref(), eval_device)?;
+    // Fine-tuning trains the image tower and the head; the text tower's only job was the
+    // head, so it leaves the model (its tensors are carried to the export as extras).
+    eval_base.model.text = None;
+    if eval_base.num_classes() != classes.num_classes() {
+        return Err(TrainError::Plan(format!(
+            "the head has {} classes but the dataset's class list has {}",
+            eval_base.num_classes(),
+            classes.num_classes()
+        )));
+    }
+    let extras = ckpt.extras();
+    Ok((eval_base, extras))
+}
+
+fn run_label(i: usize, seed: u64) -> String {
+    format!("run {} (seed {seed})", i + 1)
+}
+
+fn new_optimizer(spec: &RunSpec) -> ModuleOptimizer {
+    let o = &spec.optim;
+    AdamWConfig::new()
+        .with_beta_1(o.betas[0] as f32)
+        .with_beta_2(o.betas[1] as f32)
+        .with_epsilon(o.eps as f32)
+        .with_weight_decay(o.weight_decay as f32)
+        .init()
+}
+
+fn eval_options(spec: &RunSpec) -> EvalOptions {
+    EvalOptions {
+        batch_size: spec.eval.batch_size,
+        workers: spec.data.workers,
+        prefetch: spec.data.prefetch.max(1),
+        limits: DecodeLimits::default(),
+    }
+}
+
+fn mean_ratio(report: &MergeReport) -> f64 {
+    report.summary.t_mean.unwrap_or(f64::NAN)
+}
+
+/// Rebuilds the per-set accuracies stored in the trainer state (for `results.md` after a
+/// resume).
+fn results_from_json(v: &Value) -> EvalResults {
+    let mut sets = Vec::new();
+    for name in SetName::ALL {
+        if let Some(r) = v.get(name.key()) {
+            sets.push(clipstock_eval::SetResult {
+                set: name,
+                top1: r["top1"].as_f64().unwrap_or(f64::NAN),
+                top5: r["top5"].as_f64().unwrap_or(f64::NAN),
+                correct1: r["correct1"].as_u64().unwrap_or(0) as usize,
+                correct5: r["correct5"].as_u64().unwrap_or(0) as usize,
+                count: r["count"].as_u64().unwrap_or(0) as usize,
+                skipped: Vec::new(),
+                num_labels: r["num_labels"].as_u64().unwrap_or(0) as usize,
+                seconds: r["seconds"].as_f64().unwrap_or(0.0),
+                images_per_sec: r["images_per_sec"].as_f64().unwrap_or(0.0),
+            });
+        }
+    }
+    EvalResults::new(sets)
+}

@@ -52,6 +52,29 @@ enum Command {
     Inspect(merge_cmd::InspectArgs),
     /// Throughput of the forward pass and the training step on random weights.
     Bench(bench::BenchArgs),
+    /// Write small image trees in all six evaluation layouts (tests, trying `eval` out).
+    Fixtures(FixturesArgs),
+}
+
+#[derive(Args)]
+struct FixturesArgs {
+    /// Folder to create (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    images_per_class: usize,
+    /// Side of the (square) images.
+    #[arg(long, default_value_t = 48)]
+    size: u32,
+    /// Add an undecodable .jpg and an empty class folder.
+    #[arg(long)]
+    with_bad_files: bool,
+    /// Class files (wnids.txt, classnames.json, …); default: ImageNet's in data/.
+    #[arg(long)]
+    class_dir: Option<PathBuf>,
+    /// Also write a JSON manifest (set, relative path, label) here.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -178,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Merge(a) => merge_cmd::run(a),
         Command::Inspect(a) => merge_cmd::inspect(a),
         Command::Bench(a) => bench::run(a),
+        Command::Fixtures(a) => fixtures(a),
     }
 }
 
@@ -376,5 +400,54 @@ fn create_parent(path: &Path) -> Result<()> {
     {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    Ok(())
+}
+
+fn fixtures(a: FixturesArgs) -> Result<()> {
+    use clipstock_data::classes::{ClassFiles, ClassSpace};
+    use clipstock_data::fixtures::{FixtureSpec, write_fixture_tree};
+    if a.out.exists() {
+        bail!("`{}` already exists", a.out.display());
+    }
+    let files = match &a.class_dir {
+        Some(d) => ClassFiles {
+            wnids: d.join("wnids.txt"),
+            classnames: d.join("classnames.json"),
+            r_subset: d.join("r_subset.json"),
+            a_subset: d.join("a_subset.json"),
+            objectnet: d.join("objectnet.json"),
+        },
+        None => ClassFiles::imagenet(Path::new("data")),
+    };
+    let classes = ClassSpace::load(&files)?;
+    let spec = FixtureSpec {
+        images_per_class: a.images_per_class.max(1),
+        image_size: (a.size, a.size * 3 / 4),
+        with_corrupt: a.with_bad_files,
+        with_empty_folder: a.with_bad_files,
+    };
+    let m = write_fixture_tree(&a.out, &classes, &spec)?;
+    if let Some(p) = &a.manifest {
+        let images: Vec<serde_json::Value> = m
+            .images
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "set": i.set.key(),
+                    "path": i.rel_path.display().to_string(),
+                    "label": i.label,
+                    "corrupt": i.corrupt,
+                })
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "images": images }))?;
+        clipstock_model::state::write_atomic(p, text.as_bytes())?;
+    }
+    println!(
+        "{} evaluation and {} training images in {}",
+        m.images.len(),
+        m.train.len(),
+        a.out.display()
+    );
     Ok(())
 }

@@ -253,6 +253,56 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
             "{f} differs after resume"
         );
     }
+
+    // Ctrl-C (SIGINT) in the middle of epoch 1: a checkpoint at that very step, a clean exit,
+    // and a resume from the middle of the epoch that still ends bitwise equal.
+    let args = small_quickstart(tmp.path(), "interrupted", &extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(&args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for_step(&tmp.path().join("interrupted/metrics.jsonl"), 3, &mut child);
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "Ctrl-C must exit cleanly: {}",
+        out.status
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped early"));
+    let latest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("interrupted/checkpoints/latest.json"))
+            .expect("latest"),
+    )
+    .expect("json");
+    let pos = latest["step_in_epoch"].as_u64().expect("position");
+    assert!(latest["epoch"] == 0 && (3..6).contains(&pos), "{latest}");
+    assert!(
+        !tmp.path()
+            .join("interrupted/merged_final.safetensors")
+            .exists()
+    );
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    assert_ok(&clipstock(&resume));
+    for f in [
+        "merged_final.safetensors",
+        "run_1_final.safetensors",
+        "run_2_final.safetensors",
+    ] {
+        assert!(
+            read("straight", f) == read("interrupted", f),
+            "{f} differs after Ctrl-C + resume"
+        );
+    }
 }
 
 #[test]
@@ -269,6 +319,24 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     ));
     assert_fails_with(&out, &["not finite", "seed"]);
     assert!(tmp.path().join("nan/checkpoints/latest.json").is_file());
+}
+
+#[test]
+fn an_unwritable_output_fails_before_training_and_a_missing_resume_is_explained() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    // The run directory would live under a regular file: creating it fails at once.
+    let mut args = small_quickstart(&file, "x", &[]);
+    let out = clipstock(&args);
+    assert_fails_with(&out, &["a-file"]);
+
+    args = small_quickstart(tmp.path(), "never-started", &[]);
+    args.push("--resume".into());
+    assert_fails_with(
+        &clipstock(&args),
+        &["never-started", "no complete checkpoint"],
+    );
 }
 
 #[test]

@@ -717,6 +717,10 @@ impl<'a> Trainer<'a> {
             "mean_t": mean_t, "summary": serde_json::to_value(&report.summary).unwrap_or(Value::Null),
         }))?;
         let sm = &report.summary;
+        info!(
+            "merge {}: t min {:?} mean {:?} max {:?}, {} tensors with cos <= 0",
+            self.state.merges, sm.t_min, sm.t_mean, sm.t_max, sm.cos_le_zero
+        );
         let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into());
         obs.on(Event::Merged {
             epoch,
@@ -787,6 +791,7 @@ impl<'a> Trainer<'a> {
         )?;
         self.state.evals.push(record);
         let row = clipstock_eval::markdown_table(&[(label.to_string(), &results)]);
+        info!(model = label, "{}", row.lines().nth(2).unwrap_or_default());
         obs.on(Event::EvalDone {
             model: label.to_string(),
             table_row: row,

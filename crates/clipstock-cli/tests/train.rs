@@ -372,3 +372,22 @@ fn config_errors_name_the_key_and_the_file() {
         "nothing written for a bad config"
     );
 }
+
+#[test]
+fn each_run_can_live_on_its_own_device() {
+    // Two CPU backends stand in for two GPUs: per-run devices, the merge gathered on the host
+    // and written back to both.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = clipstock(&small_quickstart(
+        tmp.path(),
+        "devices",
+        &[
+            "run.devices=[\"flex\", \"ndarray\"]",
+            "optim.epochs=1",
+            "eval.zero_shot=false",
+        ],
+    ));
+    assert_ok(&out);
+    let table = std::fs::read_to_string(tmp.path().join("devices/results.md")).expect("results");
+    assert!(table.contains("| merged |") && table.contains("| run 2 (seed 2) |"), "{table}");
+}

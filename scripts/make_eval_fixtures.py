@@ -11,8 +11,10 @@ Output goes to crates/clipstock-cli/tests/fixtures/eval/:
 
   head.safetensors   classification_head.weight [1000, 32] and .bias [1000], float32
   expected.json      per image: set, path (relative to the set folder, as `clipstock eval
-                     --predictions` writes it), label, prediction, top5, top2_margin; per-set
-                     top-1 and the OOD mean; the tree parameters and the library versions
+                     --predictions` writes it), label, prediction, top5, top2_margin (of the
+                     projected scores); per-set top-1 (fractions) and the OOD mean; the tree's
+                     checksums (images_fnv1a64: see images_fnv, the Rust test recomputes it to
+                     tell a stale fixture from a wrong prediction); the library versions
 
 The image tree is not stored: `clipstock fixtures --images-per-class 4 --size 48` writes it
 deterministically (the script generates it twice and checks the bytes), and the Rust test
@@ -114,6 +116,28 @@ def tree_digest(root):
     return h.hexdigest()
 
 
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+
+
+def fnv1a64(chunks):
+    """FNV-1a 64 over the concatenated chunks: the Rust test recomputes it without a hash crate."""
+    h = FNV_OFFSET
+    for chunk in chunks:
+        for byte in chunk:
+            h = ((h ^ byte) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def images_fnv(root, entries):
+    """FNV-1a 64 of, for each evaluation image in manifest order, its manifest path, a 0 byte,
+    its bytes and a 0 byte; as 16 lowercase hex digits."""
+    chunks = []
+    for e in entries:
+        chunks += [e["path"].encode(), b"\0", (root / e["path"]).read_bytes(), b"\0"]
+    return f"{fnv1a64(chunks):016x}"
+
+
 def same_tree(a, b):
     cmp = filecmp.dircmp(a, b)
     stack = [cmp]
@@ -193,7 +217,8 @@ def main():
         root = tmp / "a"
         digest = tree_digest(root)
         entries = [e for e in json.loads(manifest.read_text())["images"] if not e.get("corrupt")]
-        print(f"tree: {len(entries)} evaluation images, sha256 {digest}")
+        fnv = images_fnv(root, entries)
+        print(f"tree: {len(entries)} evaluation images, sha256 {digest}, images fnv1a64 {fnv}")
 
         transform = open_clip.image_transform(IMAGE_SIZE, is_train=False)
         print(transform)
@@ -254,7 +279,10 @@ def main():
         ("tree", collections.OrderedDict([
             ("command", f"clipstock fixtures --images-per-class {IMAGES_PER_CLASS} --size {SIZE}"),
             ("images", len(entries)),
+            ("sha256_note", "sha256 over every file of the tree (train images too), sorted by relative "
+                            "path: path, 0, bytes, 0"),
             ("sha256", digest),
+            ("images_fnv1a64", fnv),
         ])),
         ("model", "crates/clipstock-model/tests/fixtures/openclip_tiny.safetensors"),
         ("head", "head.safetensors"),

@@ -1,6 +1,8 @@
 //! `clipstock bench`: images/s of the eval forward pass and the AdamW training step on random
-//! weights, printed as a table. Performance goals live here, never in timed tests.
+//! weights, and the seconds of the trainer's periodic merge hook, printed as a table with each
+//! row's peak RSS. Performance goals live here, never in timed tests.
 
+use std::hint::black_box;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -10,8 +12,10 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 
+use clipstock_merge::{MergeOptions, Method, TensorRef};
+use clipstock_model::load::{apply_state, module_state};
 use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
-use clipstock_model::{ClipArch, ClipModel, DeviceSpec};
+use clipstock_model::{ClipArch, ClipModel, DType, DeviceSpec, HostTensor, StateDict};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -27,10 +31,11 @@ pub struct BenchArgs {
     /// Batch size of the eval forward pass.
     #[arg(long, default_value_t = 32)]
     eval_batch: usize,
-    /// Timed iterations (after one untimed warm-up).
+    /// Timed iterations (after one untimed warm-up); the table shows their median and best.
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// What to time.
+    /// What to time: `both` is eval + train; `merge` is the trainer's merge hook (two runs,
+    /// Model Stock) on the model's weights in memory; `all` is the three.
     #[arg(long, value_enum, default_value = "both")]
     what: What,
 }
@@ -40,13 +45,46 @@ enum What {
     Eval,
     Train,
     Both,
+    Merge,
+    All,
+}
+
+impl What {
+    fn eval(self) -> bool {
+        matches!(self, What::Eval | What::Both | What::All)
+    }
+    fn train(self) -> bool {
+        matches!(self, What::Train | What::Both | What::All)
+    }
+    fn merge(self) -> bool {
+        matches!(self, What::Merge | What::All)
+    }
 }
 
 struct Row {
     device: String,
     what: &'static str,
-    batch: usize,
-    secs: f64,
+    /// Images per iteration; `None` for work that is not per image (the merge).
+    batch: Option<usize>,
+    /// Seconds of each timed iteration.
+    secs: Vec<f64>,
+    peak_rss_mib: Option<f64>,
+    load: Option<f64>,
+}
+
+impl Row {
+    fn median(&self) -> f64 {
+        let mut s = self.secs.clone();
+        s.sort_by(f64::total_cmp);
+        match s.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => s[n / 2],
+            n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+        }
+    }
+    fn best(&self) -> f64 {
+        self.secs.iter().copied().fold(f64::NAN, f64::min)
+    }
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -59,54 +97,126 @@ pub fn run(a: BenchArgs) -> Result<()> {
     })?;
     // The classifier never runs the text tower; leaving it out matches training memory.
     arch.text = None;
+    let iters = a.iters.max(1);
     let mut rows = Vec::new();
+    // Each closure returns per-iteration seconds; `measure` wraps it with the row's peak RSS.
     for spec in &a.device {
-        if a.what != What::Train {
+        if a.what.eval() {
             let device = spec.device()?;
-            let secs = time_eval(&arch, a.eval_batch, a.iters, &device);
-            rows.push(Row {
-                device: spec.to_string(),
-                what: "eval forward",
-                batch: a.eval_batch,
-                secs,
-            });
-            eprintln!("{spec} eval: {:.3}s/iter", secs);
+            rows.push(measure(spec, "eval forward", Some(a.eval_batch), || {
+                Ok(time_eval(&arch, a.eval_batch, iters, &device))
+            })?);
         }
-        if a.what != What::Eval {
+        if a.what.train() {
             let device = spec.autodiff_device()?;
-            let secs = time_train(&arch, a.train_batch, a.iters, &device);
-            rows.push(Row {
-                device: spec.to_string(),
-                what: "train step (AdamW)",
-                batch: a.train_batch,
-                secs,
-            });
-            eprintln!("{spec} train: {:.3}s/iter", secs);
+            rows.push(measure(
+                spec,
+                "train step (AdamW)",
+                Some(a.train_batch),
+                || Ok(time_train(&arch, a.train_batch, iters, &device)),
+            )?);
+        }
+        if a.what.merge() {
+            rows.push(measure(
+                spec,
+                "merge hook (2 runs, Model Stock)",
+                None,
+                || time_merge(&arch, iters, *spec),
+            )?);
         }
     }
     println!(
-        "model {} ({} vision params), {} threads available",
+        "model {} ({} vision params), {} threads available, {} timed iterations per row",
         a.model,
         arch.num_params(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        iters
     );
-    println!("| device | work | batch | s/iter | img/s |");
-    println!("|---|---|---|---|---|");
-    for r in rows {
+    println!(
+        "| device | work | batch | median s/iter | best s/iter | img/s (median) | peak RSS MiB | load |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let opt = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |x| format!("{x:.prec$}"));
+    for r in &rows {
+        let med = r.median();
         println!(
-            "| {} | {} | {} | {:.3} | {:.1} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} |",
             r.device,
             r.what,
-            r.batch,
-            r.secs,
-            r.batch as f64 / r.secs
+            r.batch.map_or("–".to_string(), |b| b.to_string()),
+            med,
+            r.best(),
+            opt(r.batch.map(|b| b as f64 / med), 2),
+            opt(r.peak_rss_mib, 0),
+            opt(r.load, 2),
         );
     }
     Ok(())
 }
 
-fn random_classifier(arch: &ClipArch, device: &Device) -> ImageClassifier {
-    let mut src = ParamSource::random(1, device);
+/// Runs one row's timing between a reset and a read of the kernel's peak-RSS counter, so the
+/// row reports its own peak (plus whatever earlier rows left resident: run one `--what` per
+/// process for clean numbers). `load` is the 1-minute load average when the row ends, because
+/// on a shared machine the timings mean little without it.
+fn measure(
+    spec: &DeviceSpec,
+    what: &'static str,
+    batch: Option<usize>,
+    time: impl FnOnce() -> Result<Vec<f64>>,
+) -> Result<Row> {
+    let reset = reset_peak_rss();
+    let secs = time()?;
+    let peak_rss_mib = if reset { peak_rss_mib() } else { None };
+    let load = load_average();
+    eprintln!(
+        "{spec} {what}: {} s/iter",
+        secs.iter()
+            .map(|s| format!("{s:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(Row {
+        device: spec.to_string(),
+        what,
+        batch,
+        secs,
+        peak_rss_mib,
+        load,
+    })
+}
+
+/// Writing 5 to `clear_refs` resets VmHWM to the current RSS (Linux ≥ 4.0). False elsewhere,
+/// and the row then shows no peak rather than an earlier row's.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// VmHWM ("high water mark"): the process's peak resident set since start or the last reset.
+/// Host memory only; a GPU's allocations are not in it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn random_classifier(arch: &ClipArch, seed: u64, device: &Device) -> ImageClassifier {
+    let mut src = ParamSource::random(seed, device);
     let model = ClipModel::build(arch, &mut src);
     let classification_head =
         ClipLinear::new(arch.embed_dim, 1000, &mut src, "classification_head");
@@ -127,19 +237,27 @@ fn sync(t: Tensor<2>) {
     let _ = t.narrow(0, 0, 1).narrow(1, 0, 1).into_data();
 }
 
-fn time_eval(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> f64 {
-    let model = random_classifier(arch, device);
-    let x = images(arch, batch, device);
-    sync(model.forward(x.clone()));
-    let start = Instant::now();
-    for _ in 0..iters {
-        sync(model.forward(x.clone()));
-    }
-    start.elapsed().as_secs_f64() / iters.max(1) as f64
+/// One untimed warm-up call (first-use allocations, kernel compilation and autotuning on GPU
+/// backends), then the seconds of each of `iters` timed calls.
+fn timed(iters: usize, mut f: impl FnMut()) -> Vec<f64> {
+    f();
+    (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
 }
 
-fn time_train(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> f64 {
-    let mut model = random_classifier(arch, device).train();
+fn time_eval(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> Vec<f64> {
+    let model = random_classifier(arch, 1, device);
+    let x = images(arch, batch, device);
+    timed(iters, || sync(model.forward(x.clone())))
+}
+
+fn time_train(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> Vec<f64> {
+    let mut model = Some(random_classifier(arch, 1, device).train());
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(0.1)
@@ -147,22 +265,97 @@ fn time_train(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> f
     let x = images(arch, batch, device);
     let labels: Vec<i64> = (0..batch as i64).map(|i| (i * 37) % 1000).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), device);
-    let mut step = |model: ImageClassifier| -> ImageClassifier {
-        let logits = model.forward(x.clone());
+    timed(iters, || {
+        // The optimizer consumes the module and returns the updated one.
+        let m = model
+            .take()
+            .expect("the model is put back after every step");
+        let logits = m.forward(x.clone());
         let logp = log_softmax(logits, 1);
         let picked = logp.gather(1, labels.clone().reshape([batch, 1]));
         let loss = picked.mean().neg();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = optim.step(3e-5, model, grads);
-        sync(model.classification_head.weight.val().narrow(0, 0, 1));
-        model
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let m = optim.step(3e-5, m, grads);
+        sync(m.classification_head.weight.val().narrow(0, 0, 1));
+        model = Some(m);
+    })
+}
+
+/// The trainer's periodic merge hook (`clipstock_train`'s `Trainer::merge`) without its file
+/// writes: host copies of two runs' parameters (`module_state`), Model Stock against an anchor
+/// (`merge_tensors`; the anchor's state is computed once, as the trainer keeps w0), the merged
+/// weights written back into both runs (`apply_state`), and the report rendered as the hook
+/// renders it (JSON, SVG, PNG; not written). Random weights with three seeds: the cosines
+/// differ from a real run's, the work does not (every tensor is read, merged and written the
+/// same way whatever its values). Phases go to stderr.
+fn time_merge(arch: &ClipArch, iters: usize, spec: DeviceSpec) -> Result<Vec<f64>> {
+    let eval_device = spec.device()?;
+    let train_device = spec.autodiff_device()?;
+    let anchor = module_state(&random_classifier(arch, 1, &eval_device));
+    // Trained runs live on the autodiff device, like the trainer's.
+    let mut runs: Vec<ImageClassifier> = [2, 3]
+        .into_iter()
+        .map(|seed| random_classifier(arch, seed, &train_device).train())
+        .collect();
+    let opts = MergeOptions::new(Method::ModelStock { clamp_t: false });
+    let mut phases = Vec::new();
+    let mut hook = |runs: Vec<ImageClassifier>| -> Result<Vec<ImageClassifier>> {
+        let t0 = Instant::now();
+        let states: Vec<StateDict> = runs.iter().map(module_state).collect();
+        let t1 = Instant::now();
+        let anchor_refs = state_refs(&anchor);
+        let model_refs: Vec<Vec<TensorRef<'_>>> = states.iter().map(state_refs).collect();
+        let model_slices: Vec<&[TensorRef<'_>]> = model_refs.iter().map(Vec::as_slice).collect();
+        let (tensors, report) =
+            clipstock_merge::merge_tensors(Some(&anchor_refs), &model_slices, &opts)?;
+        let mut merged = StateDict::new();
+        for t in tensors {
+            merged.insert(t.name, HostTensor::new(t.shape, DType::F32, t.data));
+        }
+        let t2 = Instant::now();
+        let runs = runs
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| apply_state(m, &merged, &format!("run {}", i + 1)))
+            .collect::<clipstock_model::Result<Vec<_>>>()?;
+        for m in &runs {
+            sync(m.classification_head.weight.val());
+        }
+        let t3 = Instant::now();
+        black_box(report.to_json());
+        black_box(clipstock_merge::ratio_plot_svg(&report));
+        black_box(clipstock_merge::ratio_plot_png(&report));
+        let t4 = Instant::now();
+        phases.push([t0, t1, t2, t3, t4]);
+        Ok(runs)
     };
-    model = step(model);
-    let start = Instant::now();
+    let mut secs = Vec::with_capacity(iters);
+    runs = hook(runs)?;
     for _ in 0..iters {
-        model = step(model);
+        let start = Instant::now();
+        runs = hook(runs)?;
+        secs.push(start.elapsed().as_secs_f64());
     }
-    let secs = start.elapsed().as_secs_f64() / iters.max(1) as f64;
-    drop(model);
-    secs
+    drop(runs);
+    for (i, t) in phases.iter().enumerate().skip(1) {
+        let d = |a: usize, b: usize| (t[b] - t[a]).as_secs_f64();
+        eprintln!(
+            "{spec} merge {i}: module_state ×2 {:.3} s, merge_tensors {:.3} s, apply_state ×2 {:.3} s, report render {:.3} s",
+            d(0, 1),
+            d(1, 2),
+            d(2, 3),
+            d(3, 4)
+        );
+    }
+    Ok(secs)
+}
+
+fn state_refs(sd: &StateDict) -> Vec<TensorRef<'_>> {
+    sd.iter()
+        .map(|(name, t)| TensorRef {
+            name,
+            shape: &t.shape,
+            data: &t.data,
+        })
+        .collect()
 }

@@ -163,6 +163,18 @@ fn main() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
+    // burn materialises loaded optimizer state on `Device::default()`, which is wgpu whenever
+    // wgpu is compiled in: a resume on a CPU-only machine would initialise (or fail to find) a
+    // Vulkan adapter just to park tensors that move to the run's device at the next step.
+    // Host memory (flex) is the right parking place for every backend.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: first statement of `main`, before any thread exists, so nothing can read the
+        // environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("BURN_DEVICE", "flex");
+        }
+    }
     let cli = Cli::parse();
     // Long commands draw progress bars on stderr, so their log lines go to the run's
     // train.log and only warnings reach the terminal (RUST_LOG overrides).
@@ -175,6 +187,7 @@ fn main() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(stderr_filter),
         )
         .with(

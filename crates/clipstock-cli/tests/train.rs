@@ -389,5 +389,49 @@ fn each_run_can_live_on_its_own_device() {
     ));
     assert_ok(&out);
     let table = std::fs::read_to_string(tmp.path().join("devices/results.md")).expect("results");
-    assert!(table.contains("| merged |") && table.contains("| run 2 (seed 2) |"), "{table}");
+    assert!(
+        table.contains("| merged |") && table.contains("| run 2 (seed 2) |"),
+        "{table}"
+    );
+}
+
+#[test]
+fn merge_policies_run_end_to_end() {
+    // Step-period merges against the previous merge with averaged AdamW moments, then a
+    // post-hoc style run (evaluate-only merges, optimizer reset).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = clipstock(&small_quickstart(
+        tmp.path(),
+        "average",
+        &[
+            "merge.optimizer_state=\"average\"",
+            "merge.anchor=\"previous_merge\"",
+            "merge.period={steps=4}",
+            "eval.zero_shot=false",
+            "eval.every_epochs=0",
+        ],
+    ));
+    assert_ok(&out);
+    let merges = tmp.path().join("average/merges");
+    // 12 steps: merges after steps 4 and 8 inside the epochs, plus the final one.
+    for f in [
+        "step_0000004.json",
+        "step_0000008.json",
+        "step_0000012.json",
+    ] {
+        assert!(merges.join(f).is_file(), "missing {f}");
+    }
+
+    let out = clipstock(&small_quickstart(
+        tmp.path(),
+        "posthoc",
+        &[
+            "merge.after_merge=\"evaluate_only\"",
+            "merge.optimizer_state=\"reset\"",
+            "eval.zero_shot=false",
+        ],
+    ));
+    assert_ok(&out);
+    let table = std::fs::read_to_string(tmp.path().join("posthoc/results.md")).expect("results");
+    assert!(table.contains("| merged |"), "{table}");
 }

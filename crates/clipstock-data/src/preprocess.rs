@@ -66,9 +66,10 @@ pub fn decode_bytes(
     path: &Path,
     limits: &DecodeLimits,
 ) -> Result<RgbImage, DataError> {
+    // Decoder messages can end in a newline, which would split log lines and JSON reasons.
     let fail = |reason: String| DataError::Decode {
         path: path.to_path_buf(),
-        reason,
+        reason: reason.trim_end().to_string(),
     };
     if bytes.is_empty() {
         return Err(fail("the file is empty".into()));

@@ -17,6 +17,7 @@
 //! The library never prints; it reports through [`Observer`] and `tracing`.
 
 mod error;
+mod optim_state;
 mod rundir;
 pub mod schedule;
 pub mod step;

@@ -184,12 +184,6 @@ fn check_supported(spec: &RunSpec) -> Result<()> {
                 .into(),
         ));
     }
-    if spec.merge.optimizer_state == OptimizerStatePolicy::Average {
-        return Err(TrainError::Plan(
-            "merge.optimizer_state = \"average\" is not implemented yet; use \"keep\" or \"reset\""
-                .into(),
-        ));
-    }
     if !spec.run.devices.is_empty() && spec.run.devices.len() != spec.run.seeds.len() {
         return Err(TrainError::Plan(format!(
             "run.devices has {} entries but run.seeds has {}: give one device per run",
@@ -742,6 +736,14 @@ impl<'a> Trainer<'a> {
                 if spec.merge.optimizer_state == OptimizerStatePolicy::Reset {
                     run.optim = new_optimizer(spec);
                 }
+            }
+            if spec.merge.optimizer_state == OptimizerStatePolicy::Average {
+                let mut pairs: Vec<(&ImageClassifier, &mut ModuleOptimizer)> = self
+                    .runs
+                    .iter_mut()
+                    .map(|r| (&r.model, &mut r.optim))
+                    .collect();
+                crate::optim_state::average(&mut pairs)?;
             }
         }
         self.last_merge = Some(merged);

@@ -1,0 +1,245 @@
+//! `merge.optimizer_state = "average"`: after a merge, every run continues with the mean of
+//! the runs' AdamW moments, parameter by parameter.
+//!
+//! burn keys optimizer state by `ParamId`, and each run has its own ids, so the runs' records
+//! are matched through module paths: serialise each record (burn's burnpack format), average
+//! the tensors that share `(path, field)`, and give every run the average under its own ids.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use burn_pack::{Bytes, DType, Reader, Writer};
+
+use crate::error::{Result, TrainError};
+
+struct Paths {
+    path: Vec<String>,
+    by_id: HashMap<u64, String>,
+}
+
+impl ModuleVisitor for Paths {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.by_id.insert(param.id.val(), self.path.join("."));
+    }
+}
+
+fn paths_of<M: Module>(module: &M) -> HashMap<u64, String> {
+    let mut v = Paths {
+        path: Vec::new(),
+        by_id: HashMap::new(),
+    };
+    module.visit(&mut v);
+    v.by_id
+}
+
+fn err(reason: String) -> TrainError {
+    TrainError::Plan(format!("averaging optimizer state: {reason}"))
+}
+
+/// One run's record, split into per-parameter tensors keyed by `(module path, field)`.
+struct Parsed {
+    tensors: Vec<(String, String, u64, burn_pack::Tensor)>,
+    reader_scalars: std::collections::BTreeMap<String, burn_pack::Scalar>,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+fn parse<M: Module>(module: &M, optim: &ModuleOptimizer) -> Result<Parsed> {
+    let paths = paths_of(module);
+    let bytes = optim.into_bytes().map_err(|e| err(format!("{e:?}")))?;
+    let reader = Reader::from_bytes(bytes).map_err(|e| err(format!("{e:?}")))?;
+    let reader_scalars = reader.scalars().clone();
+    let metadata = reader.metadata().clone();
+    let mut tensors = Vec::new();
+    for t in reader.into_tensors().map_err(|e| err(format!("{e:?}")))? {
+        let (Some(id), Some((_, field))) = (t.param_id, t.name.split_once('.')) else {
+            return Err(err(format!("unexpected tensor `{}`", t.name)));
+        };
+        let path = paths
+            .get(&id)
+            .ok_or_else(|| err(format!("state for an unknown parameter id {id}")))?
+            .clone();
+        tensors.push((path, field.to_string(), id, t));
+    }
+    Ok(Parsed {
+        tensors,
+        reader_scalars,
+        metadata,
+    })
+}
+
+/// Replaces every run's optimizer state by the element-wise mean over the runs.
+pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()> {
+    let parsed: Vec<Parsed> = runs
+        .iter()
+        .map(|(m, o)| parse(*m, o))
+        .collect::<Result<_>>()?;
+    // Sum every (path, field) over the runs in f64, then divide.
+    let mut sums: HashMap<(String, String), (Vec<f64>, usize)> = HashMap::new();
+    for p in &parsed {
+        for (path, field, _, t) in &p.tensors {
+            if t.dtype != DType::F32 {
+                return Err(err(format!("`{path}.{field}` is {:?}, not f32", t.dtype)));
+            }
+            let bytes = t.to_bytes().map_err(|e| err(format!("{e:?}")))?;
+            let values: &[f32] = bytemuck::try_cast_slice(&bytes)
+                .map_err(|e| err(format!("`{path}.{field}`: {e}")))?;
+            let entry = sums
+                .entry((path.clone(), field.clone()))
+                .or_insert_with(|| (vec![0.0; values.len()], 0));
+            if entry.0.len() != values.len() {
+                return Err(err(format!(
+                    "`{path}.{field}` differs in size between runs"
+                )));
+            }
+            for (s, v) in entry.0.iter_mut().zip(values) {
+                *s += f64::from(*v);
+            }
+            entry.1 += 1;
+        }
+    }
+    for ((path, field), (_, count)) in &sums {
+        if *count != runs.len() {
+            return Err(err(format!(
+                "`{path}.{field}` exists in {count} of {} runs",
+                runs.len()
+            )));
+        }
+    }
+    for ((_, optim), p) in runs.iter_mut().zip(parsed) {
+        let mut out = Vec::with_capacity(p.tensors.len());
+        for (path, field, id, t) in p.tensors {
+            let (sum, count) = &sums[&(path, field)];
+            let mean: Vec<f32> = sum.iter().map(|s| (s / *count as f64) as f32).collect();
+            out.push(burn_pack::Tensor::new(
+                t.name.clone(),
+                DType::F32,
+                t.shape.clone(),
+                Some(id),
+                Bytes::from_bytes_vec(bytemuck::cast_slice(&mean).to_vec()),
+            ));
+        }
+        let mut writer = Writer::new(out);
+        for (k, v) in &p.reader_scalars {
+            writer = writer.with_scalar(k, *v);
+        }
+        for (k, v) in &p.metadata {
+            writer = writer.with_metadata(k, v);
+        }
+        let bytes = writer.into_bytes().map_err(|e| err(format!("{e:?}")))?;
+        let current = std::mem::replace(
+            *optim,
+            ModuleOptimizer::from(burn::optim::AdamWConfig::new().build()),
+        );
+        **optim = current
+            .from_bytes(bytes)
+            .map_err(|e| err(format!("{e:?}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
+    use clipstock_model::{ClipArch, ClipModel};
+
+    fn classifier(seed: u64, device: &Device) -> ImageClassifier {
+        let arch = ClipArch {
+            embed_dim: 8,
+            vision: clipstock_model::arch::VisionArch {
+                image_size: 8,
+                patch_size: 4,
+                width: 64,
+                layers: 1,
+                heads: 1,
+                mlp_width: 32,
+            },
+            text: None,
+        };
+        let mut src = ParamSource::random(seed, device);
+        let model = ClipModel::build(&arch, &mut src);
+        let classification_head = ClipLinear::new(8, 3, &mut src, "classification_head");
+        ImageClassifier {
+            model,
+            classification_head,
+        }
+    }
+
+    fn stepped(seed: u64, device: &Device) -> (ImageClassifier, ModuleOptimizer) {
+        let model = classifier(1, device).train();
+        let mut optim = AdamWConfig::new().init();
+        let x = Init::new(seed).normal_vec(2 * 3 * 8 * 8, 1.0);
+        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, 8, 8]), device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), device);
+        let loss = crate::step::cross_entropy(model.forward(x), y, 0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-2, model, grads);
+        (model, optim)
+    }
+
+    fn field_values(
+        m: &ImageClassifier,
+        o: &ModuleOptimizer,
+    ) -> std::collections::BTreeMap<(String, String), Vec<f32>> {
+        parse(m, o)
+            .expect("parse")
+            .tensors
+            .into_iter()
+            .map(|(path, field, _, t)| {
+                let bytes = t.to_bytes().expect("bytes");
+                let v: Vec<f32> = bytemuck::cast_slice(&bytes).to_vec();
+                ((path, field), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_run_gets_the_mean_of_the_moments_under_its_own_ids() {
+        let device = Device::flex().autodiff();
+        let (ma, mut oa) = stepped(3, &device);
+        let (mb, mut ob) = stepped(4, &device);
+        let before_a = field_values(&ma, &oa);
+        let before_b = field_values(&mb, &ob);
+        assert!(!before_a.is_empty());
+        assert_ne!(
+            before_a, before_b,
+            "different data must give different moments"
+        );
+        average(&mut [(&ma, &mut oa), (&mb, &mut ob)]).expect("average");
+        let after_a = field_values(&ma, &oa);
+        let after_b = field_values(&mb, &ob);
+        assert_eq!(after_a, after_b);
+        for (key, a) in &before_a {
+            let b = &before_b[key];
+            let got = &after_a[key];
+            for i in 0..a.len() {
+                let want = ((f64::from(a[i]) + f64::from(b[i])) / 2.0) as f32;
+                assert_eq!(got[i], want, "{key:?}[{i}]");
+            }
+        }
+        // The state still attaches to each run's own parameters: another step works and
+        // changes the weights.
+        let ids_a: Vec<u64> = parse(&ma, &oa)
+            .expect("parse")
+            .tensors
+            .iter()
+            .map(|t| t.2)
+            .collect();
+        let ids_b: Vec<u64> = parse(&mb, &ob)
+            .expect("parse")
+            .tensors
+            .iter()
+            .map(|t| t.2)
+            .collect();
+        assert!(ids_a.iter().all(|id| !ids_b.contains(id)));
+    }
+}

@@ -212,15 +212,19 @@ fn wait_for_step(metrics: &Path, global_step: u64, child: &mut std::process::Chi
 #[test]
 fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
+    // Three epochs of 12 steps: the signals below land well before the end even on a loaded
+    // machine (the assertions only need "killed before finishing").
     let extra = [
         "eval.every_epochs=0",
         "eval.zero_shot=false",
         "eval.runs=false",
+        "data.train_limit=192",
+        "optim.epochs=3",
     ];
     let straight = clipstock(&small_quickstart(tmp.path(), "straight", &extra));
     assert_ok(&straight);
 
-    // Killed in the middle of epoch 2 (6 steps per epoch), after the epoch-1 checkpoint.
+    // Killed in epoch 2, after the epoch-1 checkpoint.
     let args = small_quickstart(tmp.path(), "killed", &extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
         .args(&args)
@@ -230,12 +234,16 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    wait_for_step(&tmp.path().join("killed/metrics.jsonl"), 8, &mut child);
+    wait_for_step(&tmp.path().join("killed/metrics.jsonl"), 15, &mut child);
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let latest = std::fs::read_to_string(tmp.path().join("killed/checkpoints/latest.json"))
         .expect("a complete checkpoint survives the kill");
-    assert!(latest.contains("\"epoch\": 1"), "{latest}");
+    let state: serde_json::Value = serde_json::from_str(&latest).expect("json");
+    assert!(
+        state["finished"] == false && state["epoch"].as_u64() >= Some(1),
+        "the kill must land between the first checkpoint and the end: {latest}"
+    );
 
     let mut resume = args.clone();
     resume.push("--resume".into());
@@ -284,7 +292,9 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     )
     .expect("json");
     let pos = latest["step_in_epoch"].as_u64().expect("position");
-    assert!(latest["epoch"] == 0 && (3..6).contains(&pos), "{latest}");
+    // Saved at the step the signal arrived, mid-epoch: resuming must restart the data order
+    // there, not at an epoch boundary.
+    assert!(latest["finished"] == false && pos >= 1, "{latest}");
     assert!(
         !tmp.path()
             .join("interrupted/merged_final.safetensors")

@@ -70,6 +70,10 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.device()?;
+    // With --run, the run's own evaluation settings apply unless a flag says otherwise.
+    let mut limit_per_set = a.limit_per_set;
+    let mut border_crop = a.objectnet_border_crop;
+    let mut size_check = !a.no_size_check;
     let (models, data_root, class_files, mut sets_wanted, run_out) = match &a.run {
         Some(run_dir) => {
             let cfg = run_dir.join("config.toml");
@@ -87,6 +91,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 spec.run.output_dir = parent.to_path_buf();
                 spec.run.name = name.to_string_lossy().to_string();
             }
+            if a.class_dir.is_some() || a.head.is_some() || a.classnames.is_some() {
+                bail!(
+                    "--class-dir, --head and --classnames do not apply with --run: the run's \
+                     config decides them"
+                );
+            }
+            limit_per_set = limit_per_set.or(spec.eval.limit_per_set);
+            border_crop |= spec.eval.objectnet_border_crop;
+            size_check &= spec.eval.expect_published_sizes;
             eprintln!("loading the models of {}", run_dir.display());
             let models = clipstock_train::run_dir_models(&spec, &device, &mut Quiet)?;
             let root = a.data_root.clone().unwrap_or(spec.data.root.clone());
@@ -131,9 +144,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let classes = ClassSpace::load(&class_files)?;
     let opts = OpenOptions {
-        limit_per_set: a.limit_per_set,
-        objectnet_border_crop: a.objectnet_border_crop,
-        expect_published_sizes: !a.no_size_check,
+        limit_per_set,
+        objectnet_border_crop: border_crop,
+        expect_published_sizes: size_check,
     };
     let mut sets: Vec<EvalSet> = Vec::new();
     for key in &sets_wanted {

@@ -57,10 +57,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let outcome = outcome?;
     println!("{}", outcome.results_markdown);
     if outcome.stopped_early {
-        println!(
-            "stopped early; continue with: clipstock train --config {} --resume",
-            a.config.display()
-        );
+        let mut cmd = format!("clipstock train --config {}", a.config.display());
+        for s in &a.set {
+            cmd.push_str(&format!(" --set '{s}'"));
+        }
+        println!("stopped early; continue with: {cmd} --resume");
     }
     println!("run directory: {}", outcome.run_dir.display());
     if let Some(p) = outcome.final_merged {

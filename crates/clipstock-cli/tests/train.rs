@@ -162,6 +162,32 @@ fn quickstart_runs_end_to_end() {
     let summary = std::fs::read_to_string(run.join("summary.csv")).expect("summary");
     assert_eq!(summary.lines().count(), 3, "{summary}");
 
+    // The exports are complete checkpoints: merging the exported runs against the exported
+    // w0 with `clipstock merge` reproduces the trainer's last merge.
+    let remerged = tmp.path().join("remerged.safetensors");
+    assert_ok(&clipstock(&[
+        "merge".into(),
+        "--anchor".into(),
+        run.join("w0.safetensors").display().to_string(),
+        "--models".into(),
+        run.join("run_1_final.safetensors").display().to_string(),
+        run.join("run_2_final.safetensors").display().to_string(),
+        "--out".into(),
+        remerged.display().to_string(),
+    ]));
+    let a = clipstock_model::StateDict::read(&remerged).expect("remerged");
+    let b = clipstock_model::StateDict::read(&run.join("merged_final.safetensors")).expect("final");
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.len() > 40,
+        "text tower carried into the exports: {} tensors",
+        a.len()
+    );
+    for (name, t) in a.iter() {
+        let u = b.get(name).expect("same keys");
+        assert_eq!(t.data, u.data, "{name}");
+    }
+
     // A second start on the same run directory is refused.
     let again = clipstock(&small_quickstart(tmp.path(), "e2e", &[]));
     assert_fails_with(&again, &["already exists", "--resume"]);
@@ -328,7 +354,18 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
         ],
     ));
     assert_fails_with(&out, &["not finite", "seed"]);
-    assert!(tmp.path().join("nan/checkpoints/latest.json").is_file());
+    let latest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("nan/checkpoints/latest.json"))
+            .expect("the last good checkpoint is kept"),
+    )
+    .expect("json");
+    // The good checkpoint is the one from before the diverging steps.
+    assert_eq!(latest["global_step"], 0, "{latest}");
+    let dir = tmp
+        .path()
+        .join("nan/checkpoints")
+        .join(latest["dir"].as_str().expect("dir"));
+    assert!(dir.join("run_1.bpk").is_file() && dir.join("run_2.optim.bpk").is_file());
 }
 
 #[test]
@@ -340,6 +377,12 @@ fn an_unwritable_output_fails_before_training_and_a_missing_resume_is_explained(
     let mut args = small_quickstart(&file, "x", &[]);
     let out = clipstock(&args);
     assert_fails_with(&out, &["a-file"]);
+
+    // A start that fails while setting up (here: image size) leaves no directory behind, so
+    // fixing the config and starting again just works.
+    let out = clipstock(&small_quickstart(tmp.path(), "bad-size", &["data.image_size=64"]));
+    assert_fails_with(&out, &["data.image_size", "32"]);
+    assert!(!tmp.path().join("bad-size").exists());
 
     args = small_quickstart(tmp.path(), "never-started", &[]);
     args.push("--resume".into());
@@ -444,4 +487,30 @@ fn merge_policies_run_end_to_end() {
     assert_ok(&out);
     let table = std::fs::read_to_string(tmp.path().join("posthoc/results.md")).expect("results");
     assert!(table.contains("| merged |"), "{table}");
+    let read = |f: &str| std::fs::read(tmp.path().join("posthoc").join(f)).expect("export");
+    assert!(
+        read("run_1_final.safetensors") != read("merged_final.safetensors"),
+        "evaluate_only must leave the runs unmerged"
+    );
+
+    // method = "none": independent runs, never merged, even with a step period.
+    let out = clipstock(&small_quickstart(
+        tmp.path(),
+        "independent",
+        &[
+            "merge.method=\"none\"",
+            "merge.period={steps=4}",
+            "eval.zero_shot=false",
+        ],
+    ));
+    assert_ok(&out);
+    let merges = std::fs::read_dir(tmp.path().join("independent/merges"))
+        .expect("merges dir")
+        .count();
+    assert_eq!(merges, 0);
+    assert!(
+        !tmp.path()
+            .join("independent/merged_final.safetensors")
+            .exists()
+    );
 }

@@ -35,6 +35,24 @@ pub struct TrainerState {
     pub has_merge: bool,
     /// The checkpoint folder, relative to `checkpoints/`.
     pub dir: String,
+    /// Checkpoints written so far: part of every folder name, so a new checkpoint never
+    /// replaces the folder `latest.json` still names.
+    #[serde(default)]
+    pub checkpoints: u64,
+    /// The training set the data order was drawn over (count and a hash of paths and
+    /// labels); a resume on different images is refused.
+    #[serde(default)]
+    pub train_images: usize,
+    #[serde(default)]
+    pub train_hash: u64,
+    /// Running loss sums of the epoch in progress (per run), its step count and last rate, so
+    /// `summary.csv` is the same after a resume.
+    #[serde(default)]
+    pub epoch_loss_sums: Vec<f64>,
+    #[serde(default)]
+    pub epoch_loss_steps: u64,
+    #[serde(default)]
+    pub epoch_lr: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,10 +68,18 @@ pub struct EpochRow {
 }
 
 impl RunDir {
-    /// A new run directory; refuses an existing one.
+    /// A new run directory; refuses an existing one, except the remains of a start that
+    /// never reached its first checkpoint (a config and no `latest.json`), which are replaced.
     pub fn create(path: &Path) -> Result<RunDir> {
         if path.exists() {
-            return Err(TrainError::RunExists(path.to_path_buf()));
+            if !Self::is_abandoned_start(path) {
+                return Err(TrainError::RunExists(path.to_path_buf()));
+            }
+            tracing::warn!(
+                "replacing `{}`: a start that never wrote a checkpoint",
+                path.display()
+            );
+            fs::remove_dir_all(path).map_err(io("remove the abandoned run directory", path))?;
         }
         fs::create_dir_all(path).map_err(io("create the run directory", path))?;
         for sub in ["checkpoints", "merges"] {
@@ -61,6 +87,10 @@ impl RunDir {
             fs::create_dir_all(&p).map_err(io("create", &p))?;
         }
         Self::open_metrics(path)
+    }
+
+    pub fn is_abandoned_start(path: &Path) -> bool {
+        path.join("config.toml").is_file() && !path.join("checkpoints").join("latest.json").exists()
     }
 
     /// An existing run directory with a complete checkpoint.

@@ -134,7 +134,7 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
         RunDir::open(&run_path)?
     } else {
         // Check the inputs before creating anything on disk.
-        if run_path.exists() {
+        if run_path.exists() && !RunDir::is_abandoned_start(&run_path) {
             return Err(TrainError::RunExists(run_path));
         }
         check_inputs(spec)?;
@@ -153,7 +153,24 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
             )));
         }
     }
-    let mut t = Trainer::build(spec, dir, obs)?;
+    let built = Trainer::build(spec, dir, obs).and_then(|mut t| {
+        if !opts.resume {
+            // A first checkpoint before any step: a full disk or an unwritable folder fails
+            // here, not after an epoch of work.
+            t.checkpoint(obs)?;
+        }
+        Ok(t)
+    });
+    let mut t = match built {
+        Ok(t) => t,
+        Err(e) => {
+            if !opts.resume {
+                // Nothing of value was written yet; leave no directory that blocks a retry.
+                let _ = std::fs::remove_dir_all(&run_path);
+            }
+            return Err(e);
+        }
+    };
     if opts.resume {
         t.restore()?;
         obs.on(Event::Phase(format!(
@@ -163,15 +180,12 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
             t.state.global_step
         )));
         t.dir.metric(&json!({"kind": "resume", "epoch": t.state.epoch, "step": t.state.step_in_epoch, "global_step": t.state.global_step}))?;
-    } else {
-        // A first checkpoint before any step: a full disk or an unwritable folder fails here,
-        // not after an epoch of work.
+    }
+    // Also on resume: a run killed during the zero-shot evaluation still gets its row.
+    if spec.eval.zero_shot && !t.state.evals.iter().any(|e| e["model"] == "zero-shot") {
+        let base = t.eval_base.clone();
+        t.evaluate_model(0, "zero-shot", &base, obs)?;
         t.checkpoint(obs)?;
-        if spec.eval.zero_shot {
-            let base = t.eval_base.clone();
-            t.evaluate_model(0, "zero-shot", &base, obs)?;
-            t.checkpoint(obs)?;
-        }
     }
     t.run_loop(opts, obs)
 }
@@ -303,10 +317,14 @@ impl<'a> Trainer<'a> {
         let eval_device = parse_device(&spec.run.device, "run.device")?;
         let (eval_base, extras) = build_w0(spec, &classes, &eval_device, obs)?;
         let w0 = module_state(&eval_base);
-        let image_size = spec
-            .data
-            .image_size
-            .unwrap_or(eval_base.model.visual.image_size() as u32);
+        let model_size = eval_base.model.visual.image_size() as u32;
+        let image_size = spec.data.image_size.unwrap_or(model_size);
+        if image_size != model_size {
+            return Err(TrainError::Plan(format!(
+                "data.image_size = {image_size}, but the model's positional embedding is for \
+                 {model_size} px inputs; leave data.image_size unset or set it to {model_size}"
+            )));
+        }
 
         let mut runs = Vec::new();
         for (i, &seed) in spec.run.seeds.iter().enumerate() {
@@ -366,7 +384,27 @@ impl<'a> Trainer<'a> {
             }
         }
 
+        let train_hash = train_samples
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, smp| {
+                let mut h = h;
+                for b in smp
+                    .path
+                    .to_string_lossy()
+                    .bytes()
+                    .chain((smp.label as u64).to_le_bytes())
+                {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                h
+            });
         let state = TrainerState {
+            checkpoints: 0,
+            train_images: train_samples.len(),
+            train_hash,
+            epoch_loss_sums: Vec::new(),
+            epoch_loss_steps: 0,
+            epoch_lr: 0.0,
             epoch: 0,
             step_in_epoch: 0,
             global_step: 0,
@@ -448,12 +486,15 @@ impl<'a> Trainer<'a> {
                     },
                 )?);
             }
-            let mut loss_sums = vec![0.0f64; self.runs.len()];
-            let mut loss_counts = 0u64;
-            let mut lr = 0.0;
+            if self.state.step_in_epoch == 0 || self.state.epoch_loss_sums.len() != self.runs.len()
+            {
+                self.state.epoch_loss_sums = vec![0.0; self.runs.len()];
+                self.state.epoch_loss_steps = 0;
+            }
             while self.state.step_in_epoch < self.steps_per_epoch {
                 let step_start = Instant::now();
-                lr = self.lr(self.state.global_step);
+                let lr = self.lr(self.state.global_step);
+                self.state.epoch_lr = lr;
                 let mut losses = Vec::with_capacity(self.runs.len());
                 let mut images = 0usize;
                 for (i, loader) in loaders.iter_mut().enumerate() {
@@ -461,10 +502,10 @@ impl<'a> Trainer<'a> {
                     losses.push(loss);
                     images += n;
                 }
-                for (s, l) in loss_sums.iter_mut().zip(&losses) {
+                for (s, l) in self.state.epoch_loss_sums.iter_mut().zip(&losses) {
                     *s += l;
                 }
-                loss_counts += 1;
+                self.state.epoch_loss_steps += 1;
                 self.state.step_in_epoch += 1;
                 self.state.global_step += 1;
                 let ips = images as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
@@ -488,6 +529,7 @@ impl<'a> Trainer<'a> {
                     images_per_sec: ips,
                 });
                 if let Period::Steps(k) = spec.merge.period
+                    && spec.merge.method != MergeMethod::None
                     && self.state.global_step.is_multiple_of(k.max(1))
                     && self.state.step_in_epoch < self.steps_per_epoch
                 {
@@ -534,10 +576,12 @@ impl<'a> Trainer<'a> {
             self.state.epochs.push(EpochRow {
                 epoch: epoch + 1,
                 global_step: self.state.global_step,
-                lr,
-                loss: loss_sums
+                lr: self.state.epoch_lr,
+                loss: self
+                    .state
+                    .epoch_loss_sums
                     .iter()
-                    .map(|s| s / loss_counts.max(1) as f64)
+                    .map(|s| s / self.state.epoch_loss_steps.max(1) as f64)
                     .collect(),
                 merged_imagenet: merged_in,
                 merged_ood_mean: merged_ood,
@@ -553,13 +597,15 @@ impl<'a> Trainer<'a> {
             if is_last {
                 self.state.finished = true;
             }
+            let stopping = opts.stop.load(Ordering::SeqCst) && !is_last;
             if is_last
+                || stopping
                 || (spec.run.checkpoint_every_epochs > 0
                     && (epoch + 1).is_multiple_of(spec.run.checkpoint_every_epochs))
             {
                 self.checkpoint(obs)?;
             }
-            if opts.stop.load(Ordering::SeqCst) && !is_last {
+            if stopping {
                 return self.finish(true);
             }
         }
@@ -661,9 +707,14 @@ impl<'a> Trainer<'a> {
         };
         let method = match spec.merge.method {
             MergeMethod::Uniform => Method::UniformSoup,
-            _ => Method::ModelStock {
+            MergeMethod::ModelStock => Method::ModelStock {
                 clamp_t: spec.merge.clamp_t,
             },
+            MergeMethod::None => {
+                return Err(TrainError::Plan(
+                    "internal: a merge was requested with merge.method = \"none\"".into(),
+                ));
+            }
         };
         let anchor_refs = state_refs(anchor);
         let model_refs: Vec<Vec<TensorRef<'_>>> = states.iter().map(state_refs).collect();
@@ -803,9 +854,10 @@ impl<'a> Trainer<'a> {
 
     /// Saves every run's module and optimizer state, the last merge and the trainer state.
     fn checkpoint(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        self.state.checkpoints += 1;
         self.state.dir = format!(
-            "epoch_{:03}_step_{:07}",
-            self.state.epoch, self.state.global_step
+            "{:04}_epoch_{:03}_step_{:07}",
+            self.state.checkpoints, self.state.epoch, self.state.global_step
         );
         let ckpt_path = self.dir.path.join("checkpoints").join(&self.state.dir);
         let err = |reason: String| TrainError::Checkpoint {
@@ -862,6 +914,18 @@ impl<'a> Trainer<'a> {
                 .load(&p)
                 .map_err(|e| err(format!("{}: {e:?}", p.display())))?;
         }
+        if state.train_images != self.state.train_images
+            || state.train_hash != self.state.train_hash
+        {
+            return Err(TrainError::Checkpoint {
+                path: dir.clone(),
+                reason: format!(
+                    "the training images changed since this run started ({} images then, {} now, \
+                     or different files): the data order of a resume would differ",
+                    state.train_images, self.state.train_images
+                ),
+            });
+        }
         self.last_merge = if state.has_merge {
             Some(StateDict::read(&dir.join("merged.safetensors"))?)
         } else {
@@ -885,7 +949,15 @@ impl<'a> Trainer<'a> {
             final_merged = Some(path);
         }
         if !stopped_early {
-            // The individual fine-tuned runs too: the inputs of any later soup or merge.
+            // w0 (with its head) and the individual fine-tuned runs too: the inputs of any
+            // later soup or merge, e.g. `clipstock merge --anchor w0 --models run_*_final`.
+            let path = self.dir.file("w0.safetensors");
+            let canonical = self
+                .w0
+                .clone()
+                .rename(|k| Some(k.strip_prefix("model.").unwrap_or(k).to_string()));
+            let full = clipstock_model::load::with_extras(canonical, &self.extras);
+            export(&full, Naming::ModelSoups, None, &path)?;
             for (i, run) in self.runs.iter().enumerate() {
                 let path = self.dir.file(&format!("run_{}_final.safetensors", i + 1));
                 let canonical = module_state(&run.model)
@@ -982,7 +1054,19 @@ pub fn build_w0(
             classes.num_classes()
         )));
     }
-    let extras = ckpt.extras();
+    // Everything of the checkpoint the classifier does not hold (the text tower, the
+    // checkpoint's own head when another replaces it) travels unchanged into the exports, so
+    // they are complete CLIP checkpoints that `clipstock merge` and open_clip can read.
+    let used: std::collections::HashSet<String> = module_state(&eval_base)
+        .names()
+        .map(|k| k.strip_prefix("model.").unwrap_or(k).to_string())
+        .collect();
+    let mut extras = StateDict::new();
+    for (name, t) in ckpt.state.iter() {
+        if !used.contains(name) && !name.starts_with("classification_head.") {
+            extras.insert(name, t.clone());
+        }
+    }
     Ok((eval_base, extras))
 }
 

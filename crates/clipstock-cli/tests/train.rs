@@ -274,6 +274,18 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     let mut resume = args.clone();
     resume.push("--resume".into());
     assert_ok(&clipstock(&resume));
+    // What the killed process logged after its checkpoint was cut: every step record once.
+    let metrics = std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).expect("m");
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines"))
+        .filter(|v| v["kind"] == "step")
+        .filter_map(|v| v["global_step"].as_u64())
+        .collect();
+    let mut unique = steps.clone();
+    unique.dedup();
+    assert_eq!(steps, unique, "duplicated step records after resume");
+    assert_eq!(steps.len(), 36);
 
     let read =
         |run: &str, file: &str| std::fs::read(tmp.path().join(run).join(file)).expect("final file");
@@ -380,7 +392,11 @@ fn an_unwritable_output_fails_before_training_and_a_missing_resume_is_explained(
 
     // A start that fails while setting up (here: image size) leaves no directory behind, so
     // fixing the config and starting again just works.
-    let out = clipstock(&small_quickstart(tmp.path(), "bad-size", &["data.image_size=64"]));
+    let out = clipstock(&small_quickstart(
+        tmp.path(),
+        "bad-size",
+        &["data.image_size=64"],
+    ));
     assert_fails_with(&out, &["data.image_size", "32"]);
     assert!(!tmp.path().join("bad-size").exists());
 

@@ -53,6 +53,10 @@ pub struct TrainerState {
     pub epoch_loss_steps: u64,
     #[serde(default)]
     pub epoch_lr: f64,
+    /// Length of `metrics.jsonl` when the checkpoint was taken: a resume cuts what a killed
+    /// process wrote after it, so no record appears twice.
+    #[serde(default)]
+    pub metrics_len: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +118,19 @@ impl RunDir {
         })
     }
 
+    pub fn metrics_len(&self) -> u64 {
+        self.metrics.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Cuts `metrics.jsonl` back to `len` bytes (the resume point).
+    pub fn truncate_metrics(&mut self, len: u64) -> Result<()> {
+        if self.metrics_len() > len {
+            let p = self.path.join("metrics.jsonl");
+            self.metrics.set_len(len).map_err(io("truncate", p))?;
+        }
+        Ok(())
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -156,17 +173,27 @@ impl RunDir {
     ) -> Result<PathBuf> {
         let root = self.path.join("checkpoints");
         let final_dir = root.join(&state.dir);
-        let tmp = root.join(format!(".tmp-{}", state.dir));
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp).map_err(io("remove the stale", &tmp))?;
+        // Leftovers of an interrupted or failed checkpoint are never referenced: drop them.
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
         }
+        let tmp = root.join(format!(".tmp-{}", state.dir));
         fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-        for (name, bytes) in files {
+        let written = files.into_iter().try_for_each(|(name, bytes)| {
             let p = tmp.join(&name);
             let mut f = File::create(&p).map_err(io("create", &p))?;
             f.write_all(&bytes)
                 .and_then(|_| f.sync_all())
-                .map_err(io("write", &p))?;
+                .map_err(io("write", &p))
+        });
+        if let Err(e) = written {
+            // A full disk must not leave a half folder behind either.
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
         }
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(io("replace", &final_dir))?;

@@ -405,6 +405,7 @@ impl<'a> Trainer<'a> {
             epoch_loss_sums: Vec::new(),
             epoch_loss_steps: 0,
             epoch_lr: 0.0,
+            metrics_len: 0,
             epoch: 0,
             step_in_epoch: 0,
             global_step: 0,
@@ -880,6 +881,7 @@ impl<'a> Trainer<'a> {
             files.push((format!("run_{}.optim.bpk", i + 1), bytes.to_vec()));
         }
         self.state.has_merge = self.last_merge.is_some();
+        self.state.metrics_len = self.dir.metrics_len();
         if let Some(m) = &self.last_merge {
             let tmp = tempfile::NamedTempFile::new_in(&self.dir.path)
                 .map_err(io("create a temporary file in", &self.dir.path))?;
@@ -931,6 +933,7 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
+        self.dir.truncate_metrics(state.metrics_len)?;
         self.state = state;
         Ok(())
     }

@@ -12,6 +12,9 @@ pub enum EvalError {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("evaluation interrupted")]
+    Cancelled,
+
     #[error("cannot write `{path}`: {source}")]
     Write {
         path: std::path::PathBuf,

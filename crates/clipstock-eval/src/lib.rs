@@ -29,6 +29,9 @@ pub struct EvalOptions {
     pub workers: usize,
     pub prefetch: usize,
     pub limits: DecodeLimits,
+    /// Checked between batches: when set, [`evaluate`] stops with [`EvalError::Cancelled`]
+    /// (a Ctrl-C must not wait for a 50,000-image set to finish).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for EvalOptions {
@@ -38,6 +41,7 @@ impl Default for EvalOptions {
             workers: 0,
             prefetch: 2,
             limits: DecodeLimits::default(),
+            cancel: None,
         }
     }
 }
@@ -140,6 +144,13 @@ pub fn evaluate(
                     .iter()
                     .map(|s| (s.path.display().to_string(), s.reason.clone())),
             );
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                return Err(EvalError::Cancelled);
+            }
             if batch.is_empty() {
                 return Ok(());
             }

@@ -54,6 +54,10 @@ pub enum TrainError {
 
     #[error("config: {0}")]
     Plan(String),
+
+    /// A stop request (Ctrl-C) arrived during an evaluation; the caller checkpoints.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -124,6 +124,7 @@ struct Trainer<'a> {
     image_size: u32,
     state: TrainerState,
     extras: StateDict,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 /// Trains the N runs of `spec` in lockstep with periodic merging; see the crate docs.
@@ -181,13 +182,20 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
         )));
         t.dir.metric(&json!({"kind": "resume", "epoch": t.state.epoch, "step": t.state.step_in_epoch, "global_step": t.state.global_step}))?;
     }
-    // Also on resume: a run killed during the zero-shot evaluation still gets its row.
-    if spec.eval.zero_shot && !t.state.evals.iter().any(|e| e["model"] == "zero-shot") {
-        let base = t.eval_base.clone();
-        t.evaluate_model(0, "zero-shot", &base, obs)?;
-        t.checkpoint(obs)?;
-    }
-    t.run_loop(opts, obs)
+    t.stop = Some(opts.stop.clone());
+    let stopped = match t.zero_shot_then_loop(opts, obs) {
+        Ok(stopped) => stopped,
+        // Interrupted inside an evaluation that comes before any merge of its epoch: the
+        // state is still the one before that evaluation, so a checkpoint now resumes by
+        // redoing it.
+        Err(TrainError::Interrupted) => {
+            obs.on(Event::Phase("stopping: saving a checkpoint".into()));
+            t.checkpoint(obs)?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    t.finish(stopped)
 }
 
 fn check_supported(spec: &RunSpec) -> Result<()> {
@@ -431,6 +439,7 @@ impl<'a> Trainer<'a> {
             image_size,
             state,
             extras,
+            stop: None,
         })
     }
 
@@ -446,7 +455,18 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn run_loop(mut self, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Outcome> {
+    fn zero_shot_then_loop(&mut self, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<bool> {
+        // Also on resume: a run stopped during the zero-shot evaluation still gets its row.
+        if self.spec.eval.zero_shot && !self.state.evals.iter().any(|e| e["model"] == "zero-shot") {
+            let base = self.eval_base.clone();
+            self.evaluate_model(0, "zero-shot", &base, true, obs)?;
+            self.checkpoint(obs)?;
+        }
+        self.run_loop(opts, obs)
+    }
+
+    /// Returns whether it stopped early (after saving a checkpoint).
+    fn run_loop(&mut self, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<bool> {
         let spec = self.spec;
         let accum = spec.accumulation_steps();
         let micro = spec.optim.batch_size / accum;
@@ -540,7 +560,7 @@ impl<'a> Trainer<'a> {
                     drop(loaders);
                     obs.on(Event::Phase("stopping: saving a checkpoint".into()));
                     self.checkpoint(obs)?;
-                    return self.finish(true);
+                    return Ok(true);
                 }
             }
             drop(loaders);
@@ -558,7 +578,7 @@ impl<'a> Trainer<'a> {
                 for i in 0..self.runs.len() {
                     let label = run_label(i, self.runs[i].seed);
                     let model = self.eval_model_of_run(i)?;
-                    self.evaluate_model(epoch + 1, &label, &model, obs)?;
+                    self.evaluate_model(epoch + 1, &label, &model, true, obs)?;
                 }
             }
             let mut mean_t = None;
@@ -570,7 +590,7 @@ impl<'a> Trainer<'a> {
             let (mut merged_in, mut merged_ood) = (None, None);
             if eval_now && let Some(m) = self.last_merge.clone() {
                 let model = apply_state(self.eval_base.clone(), &m, "merged")?;
-                let r = self.evaluate_model(epoch + 1, "merged", &model, obs)?;
+                let r = self.evaluate_model(epoch + 1, "merged", &model, false, obs)?;
                 merged_in = r.get(SetName::ImageNet).map(|s| s.top1);
                 merged_ood = r.ood_mean().map(|(m, _)| m);
             }
@@ -607,10 +627,10 @@ impl<'a> Trainer<'a> {
                 self.checkpoint(obs)?;
             }
             if stopping {
-                return self.finish(true);
+                return Ok(true);
             }
         }
-        self.finish(false)
+        Ok(false)
     }
 
     /// One optimizer step of run `i`: `accum` micro-batches, global-norm clipping, AdamW.
@@ -802,11 +822,14 @@ impl<'a> Trainer<'a> {
         Ok(mean_t)
     }
 
+    /// `cancellable`: a stop request interrupts it. Only evaluations before the epoch's merge
+    /// are, so an interrupted epoch end can simply be redone after a resume.
     fn evaluate_model(
         &mut self,
         epoch: u64,
         label: &str,
         model: &ImageClassifier,
+        cancellable: bool,
         obs: &mut dyn Observer,
     ) -> Result<EvalResults> {
         let _span = info_span!("eval", model = label).entered();
@@ -823,11 +846,15 @@ impl<'a> Trainer<'a> {
             })
             .collect();
         let label_owned = label.to_string();
+        let mut eval_opts = eval_options(self.spec);
+        if cancellable {
+            eval_opts.cancel = self.stop.clone();
+        }
         let results = evaluate(
             model,
             &sources,
             &self.eval_device,
-            &eval_options(self.spec),
+            &eval_opts,
             |p| match p {
                 Progress::Start { set_index, images } => obs.on(Event::EvalSet {
                     model: label_owned.clone(),
@@ -838,11 +865,19 @@ impl<'a> Trainer<'a> {
                 Progress::Finish { .. } => {}
             },
             None,
-        )?;
+        )
+        .map_err(|e| match e {
+            clipstock_eval::EvalError::Cancelled => TrainError::Interrupted,
+            e => TrainError::Eval(e),
+        })?;
         let record = json!({"epoch": epoch, "model": label, "results": results.to_json()});
         self.dir.metric(
             &json!({"kind": "eval", "epoch": epoch, "model": label, "results": results.to_json()}),
         )?;
+        // An evaluation redone after an interrupted epoch end replaces its first attempt.
+        self.state
+            .evals
+            .retain(|e| !(e["epoch"] == epoch && e["model"] == label));
         self.state.evals.push(record);
         let row = clipstock_eval::markdown_table(&[(label.to_string(), &results)]);
         info!(model = label, "{}", row.lines().nth(2).unwrap_or_default());
@@ -1093,6 +1128,7 @@ fn eval_options(spec: &RunSpec) -> EvalOptions {
         workers: spec.data.workers,
         prefetch: spec.data.prefetch.max(1),
         limits: DecodeLimits::default(),
+        cancel: None,
     }
 }
 

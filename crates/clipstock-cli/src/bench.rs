@@ -16,6 +16,7 @@ use clipstock_merge::{MergeOptions, Method, TensorRef};
 use clipstock_model::load::{apply_state, module_state};
 use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
 use clipstock_model::{ClipArch, ClipModel, DType, DeviceSpec, HostTensor, StateDict};
+use clipstock_train::state_refs;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -348,14 +349,4 @@ fn time_merge(arch: &ClipArch, iters: usize, spec: DeviceSpec) -> Result<Vec<f64
         );
     }
     Ok(secs)
-}
-
-fn state_refs(sd: &StateDict) -> Vec<TensorRef<'_>> {
-    sd.iter()
-        .map(|(name, t)| TensorRef {
-            name,
-            shape: &t.shape,
-            data: &t.data,
-        })
-        .collect()
 }

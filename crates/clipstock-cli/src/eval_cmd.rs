@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use clipstock_data::classes::{ClassFiles, ClassSpace};
 use clipstock_data::layouts::{EvalSet, OpenOptions, SetName, open_eval_set};
 use clipstock_eval::{EvalOptions, EvalResults, Prediction, Progress, SetSource, evaluate};
-use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
-use clipstock_model::{Checkpoint, ClipTokenizer, DeviceSpec, ImageClassifier, StateDict};
+use clipstock_model::zeroshot::zeroshot_head_from_files;
+use clipstock_model::{Checkpoint, DeviceSpec, ImageClassifier, StateDict};
 use clipstock_train::Quiet;
 
 #[derive(Args)]
@@ -120,7 +120,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 bail!("--data-root is required with --weights");
             };
             let files = match &a.class_dir {
-                Some(d) => class_files_in(d),
+                Some(d) => ClassFiles::in_dir(d),
                 None => ClassFiles::imagenet(Path::new("data")),
             };
             let model = load_classifier(&a, weights, &files, &device)?;
@@ -268,16 +268,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn class_files_in(d: &Path) -> ClassFiles {
-    ClassFiles {
-        wnids: d.join("wnids.txt"),
-        classnames: d.join("classnames.json"),
-        r_subset: d.join("r_subset.json"),
-        a_subset: d.join("a_subset.json"),
-        objectnet: d.join("objectnet.json"),
-    }
-}
-
 fn load_classifier(
     a: &EvalArgs,
     weights: &Path,
@@ -299,23 +289,11 @@ fn load_classifier(
                 classnames_path.display(),
                 a.templates.display()
             );
-            let clip = ckpt.clip(device)?;
-            let ctx = ckpt
-                .arch
-                .text
-                .as_ref()
-                .map(|t| t.context_length)
-                .unwrap_or(77);
-            let classnames = read_string_list(&classnames_path)?;
-            let templates = read_string_list(&a.templates)?;
-            Some(zeroshot_head(
-                &clip,
-                &ClipTokenizer::new(ctx),
-                &classnames,
-                &templates,
-                8,
+            Some(zeroshot_head_from_files(
+                &ckpt,
+                &classnames_path,
+                &a.templates,
                 device,
-                |_| {},
             )?)
         }
     };

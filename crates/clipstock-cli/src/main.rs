@@ -423,13 +423,7 @@ fn fixtures(a: FixturesArgs) -> Result<()> {
         bail!("`{}` already exists", a.out.display());
     }
     let files = match &a.class_dir {
-        Some(d) => ClassFiles {
-            wnids: d.join("wnids.txt"),
-            classnames: d.join("classnames.json"),
-            r_subset: d.join("r_subset.json"),
-            a_subset: d.join("a_subset.json"),
-            objectnet: d.join("objectnet.json"),
-        },
+        Some(d) => ClassFiles::in_dir(d),
         None => ClassFiles::imagenet(Path::new("data")),
     };
     let classes = ClassSpace::load(&files)?;

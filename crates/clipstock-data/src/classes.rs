@@ -40,8 +40,20 @@ pub struct ClassFiles {
 }
 
 impl ClassFiles {
-    /// The file names used in the repository's `data/` folder (and by the quickstart's class
-    /// space, which uses the same names and formats with fewer classes).
+    /// A class folder (`data.class_dir`, `--class-dir`): `wnids.txt`, `classnames.json`,
+    /// `r_subset.json`, `a_subset.json`, `objectnet.json`, in the formats of the ImageNet files
+    /// (the quickstart's `data/quickstart/` is one).
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            wnids: dir.join("wnids.txt"),
+            classnames: dir.join("classnames.json"),
+            r_subset: dir.join("r_subset.json"),
+            a_subset: dir.join("a_subset.json"),
+            objectnet: dir.join("objectnet.json"),
+        }
+    }
+
+    /// The ImageNet files under their upstream names in the repository's `data/` folder.
     pub fn imagenet(data_dir: &Path) -> Self {
         Self {
             wnids: data_dir.join("imagenet_wnids.txt"),

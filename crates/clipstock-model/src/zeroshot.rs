@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
-use crate::load::head_state;
+use crate::load::{Checkpoint, head_state};
 use crate::model::{ClipModel, l2_normalize};
 use crate::state::StateDict;
 use crate::tokenizer::ClipTokenizer;
@@ -114,4 +114,32 @@ pub fn zeroshot_head(
     )?;
     let embed = w.len() / classnames.len().max(1);
     Ok(head_state(w, classnames.len(), embed))
+}
+
+/// The zero-shot head of a checkpoint with a text tower, from a class-name file and a template
+/// file (JSON arrays), with the checkpoint's own context length.
+pub fn zeroshot_head_from_files(
+    ckpt: &Checkpoint,
+    classnames: &Path,
+    templates: &Path,
+    device: &Device,
+) -> Result<StateDict> {
+    let clip = ckpt.clip(device)?;
+    let ctx = ckpt
+        .arch
+        .text
+        .as_ref()
+        .map(|t| t.context_length)
+        .unwrap_or(77);
+    let classnames = read_string_list(classnames)?;
+    let templates = read_string_list(templates)?;
+    zeroshot_head(
+        &clip,
+        &ClipTokenizer::new(ctx),
+        &classnames,
+        &templates,
+        8,
+        device,
+        |_| {},
+    )
 }

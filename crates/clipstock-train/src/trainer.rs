@@ -21,9 +21,10 @@ use clipstock_data::loader::{Loader, LoaderOptions, epoch_order};
 use clipstock_data::preprocess::{DecodeLimits, TrainTransform, Transform};
 use clipstock_eval::{EvalOptions, EvalResults, PreparedSet, Progress, SetSource, evaluate};
 use clipstock_merge::{MergeOptions, MergeReport, Method, TensorRef};
+use clipstock_model::load::HEAD_BIAS;
 use clipstock_model::load::{apply_state, export, module_state};
-use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
-use clipstock_model::{Checkpoint, ClipTokenizer, DeviceSpec, ImageClassifier, Naming, StateDict};
+use clipstock_model::zeroshot::zeroshot_head_from_files;
+use clipstock_model::{Checkpoint, DeviceSpec, ImageClassifier, Naming, StateDict};
 use serde_json::{Value, json};
 use tracing::{info, info_span};
 
@@ -273,13 +274,7 @@ pub fn run_dir_models(
 /// The class files a run uses: `data.class_dir` or the ImageNet files under `data/`.
 pub fn class_files(spec: &RunSpec) -> ClassFiles {
     match &spec.data.class_dir {
-        Some(d) => ClassFiles {
-            wnids: d.join("wnids.txt"),
-            classnames: d.join("classnames.json"),
-            r_subset: d.join("r_subset.json"),
-            a_subset: d.join("a_subset.json"),
-            objectnet: d.join("objectnet.json"),
-        },
+        Some(d) => ClassFiles::in_dir(d),
         None => ClassFiles::imagenet(Path::new("data")),
     }
 }
@@ -291,7 +286,8 @@ fn parse_device(s: &str, key: &str) -> Result<Device> {
     Ok(spec.device()?)
 }
 
-fn state_refs(sd: &StateDict) -> Vec<TensorRef<'_>> {
+/// Borrowed views of a state dict's tensors, as the in-memory merge takes them.
+pub fn state_refs(sd: &StateDict) -> Vec<TensorRef<'_>> {
     sd.iter()
         .map(|(name, t)| TensorRef {
             name,
@@ -1052,33 +1048,21 @@ pub fn build_w0(
         HeadSource::File(p) => Some(StateDict::read(p)?),
         HeadSource::ZeroShot => {
             obs.on(Event::Phase("building the zero-shot head".into()));
-            let clip = ckpt.clip(eval_device)?;
-            let ctx = ckpt
-                .arch
-                .text
-                .as_ref()
-                .map(|t| t.context_length)
-                .unwrap_or(77);
-            let tokenizer = ClipTokenizer::new(ctx);
-            let classnames = read_string_list(&spec.model.classnames)?;
-            let templates = read_string_list(&spec.model.templates)?;
-            if classnames.len() != classes.num_classes() {
+            let head = zeroshot_head_from_files(
+                &ckpt,
+                &spec.model.classnames,
+                &spec.model.templates,
+                eval_device,
+            )?;
+            let n = head.get(HEAD_BIAS).map(|t| t.numel()).unwrap_or(0);
+            if n != classes.num_classes() {
                 return Err(TrainError::Plan(format!(
-                    "model.classnames `{}` has {} classes but the dataset's class list has {}",
+                    "model.classnames `{}` has {n} classes but the dataset's class list has {}",
                     spec.model.classnames.display(),
-                    classnames.len(),
                     classes.num_classes()
                 )));
             }
-            Some(zeroshot_head(
-                &clip,
-                &tokenizer,
-                &classnames,
-                &templates,
-                8,
-                eval_device,
-                |_| {},
-            )?)
+            Some(head)
         }
     };
     let mut eval_base = ckpt.classifier(head.as_ref(), eval_device)?;

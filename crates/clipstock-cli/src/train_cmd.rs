@@ -193,6 +193,9 @@ impl Observer for Progress {
                 );
                 pb.set_prefix(format!("{model} · {}", set.key()));
                 self.eval_bar = Some(pb);
+                if !self.tty {
+                    self.line(&format!("eval {model} · {} ({images} images)", set.key()));
+                }
             }
             Event::EvalProgress { done } => {
                 if let Some(b) = &self.eval_bar {

@@ -354,6 +354,84 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
 }
 
 #[test]
+fn ctrl_c_during_an_evaluation_checkpoints_and_the_resume_redoes_it() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Whole evaluation sets one image at a time: the zero-shot evaluation lasts long enough
+    // to be interrupted.
+    let extra = [
+        "eval.limit_per_set=400",
+        "eval.batch_size=1",
+        "data.workers=1",
+        "eval.runs=false",
+    ];
+    assert_ok(&clipstock(&small_quickstart(
+        tmp.path(),
+        "straight",
+        &extra,
+    )));
+
+    let args = small_quickstart(tmp.path(), "interrupted", &extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(&args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the zero-shot evaluation starts")
+            .expect("utf-8");
+        if line.contains("eval zero-shot · imagenet_v2") {
+            break;
+        }
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "exit {}: {rest:?}", out.status);
+    let latest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("interrupted/checkpoints/latest.json"))
+            .expect("latest"),
+    )
+    .expect("json");
+    assert_eq!(latest["global_step"], 0, "{latest}");
+    assert_eq!(
+        latest["evals"].as_array().map(Vec::len),
+        Some(0),
+        "{latest}"
+    );
+
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    assert_ok(&clipstock(&resume));
+    let read = |run: &str, f: &str| std::fs::read(tmp.path().join(run).join(f)).expect("file");
+    assert!(
+        read("straight", "merged_final.safetensors")
+            == read("interrupted", "merged_final.safetensors")
+    );
+    // The tables differ only in their title (the run name).
+    let table = |run: &str| {
+        let t = String::from_utf8(read(run, "results.md")).expect("utf-8");
+        t.lines().skip(1).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(
+        table("straight"),
+        table("interrupted"),
+        "the zero-shot row is redone after the resume"
+    );
+}
+
+#[test]
 fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = clipstock(&small_quickstart(

@@ -1,48 +1,17 @@
 //! The binary as users run it: the quickstart command, and bad inputs that must fail with one
 //! clear error line and a non-zero exit code.
 
+mod common;
+use common::{assert_fails_with, assert_ok, clipstock, root};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use clipstock_model::{HostTensor, StateDict};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn fixture(name: &str) -> PathBuf {
     root()
         .join("crates/clipstock-model/tests/fixtures")
         .join(name)
-}
-
-fn clipstock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run clipstock")
-}
-
-/// Succeeded; on failure the assertion shows what the command printed on stderr.
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Fails with exactly one `error:` line on stderr that contains every `needle`.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
-    for n in needles {
-        assert!(errors[0].contains(n), "`{n}` not in: {}", errors[0]);
-    }
 }
 
 #[test]

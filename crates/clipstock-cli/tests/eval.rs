@@ -3,9 +3,12 @@
 //! (`tests/fixtures/eval/expected.json`, made by `scripts/make_eval_fixtures.py`). Plus the
 //! bad inputs of an evaluation: a missing data root, a missing set folder, a corrupt image.
 
+mod common;
+use common::{assert_fails_with, assert_ok, clipstock, root};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -25,10 +28,6 @@ const SIZE: &str = "48";
 /// implementations; above it clipstock must give open_clip's prediction.
 const TIE_MARGIN: f64 = 1e-4;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn eval_fixture(name: &str) -> PathBuf {
     root()
         .join("crates/clipstock-cli/tests/fixtures/eval")
@@ -39,37 +38,8 @@ fn model() -> PathBuf {
     root().join("crates/clipstock-model/tests/fixtures/openclip_tiny.safetensors")
 }
 
-fn clipstock(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run clipstock")
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
-}
-
-/// Succeeded; on failure the assertion shows what the command printed on stderr.
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Fails with exactly one `error:` line on stderr that contains every `needle`.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
-    for n in needles {
-        assert!(errors[0].contains(n), "`{n}` not in: {}", errors[0]);
-    }
 }
 
 fn read_json(p: &Path) -> Value {

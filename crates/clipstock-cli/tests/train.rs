@@ -2,41 +2,12 @@
 //! end (with smaller limits), a SIGKILL + `--resume` that must end bitwise equal to an
 //! uninterrupted run, the NaN guard, and config errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+use common::{assert_fails_with, assert_ok, clipstock, root};
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn clipstock(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run clipstock")
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
-    for n in needles {
-        assert!(errors[0].contains(n), "`{n}` not in: {}", errors[0]);
-    }
-}
 
 /// The quickstart config, made small: its own output folder and data tree (generated from the
 /// shipped assets), few images, two epochs.

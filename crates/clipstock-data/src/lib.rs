@@ -6,6 +6,7 @@
 //! and tests in seconds and the evaluator and trainer share one input pipeline.
 
 mod error;
+mod rng;
 
 pub mod classes;
 pub mod fixtures;

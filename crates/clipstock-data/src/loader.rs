@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::DataError;
 use crate::layouts::Sample;
 use crate::preprocess::{DecodeLimits, Transform, decode_file, sample_seed};
+use crate::rng::SplitMix64;
 
 /// An image that could not be read or decoded; the batch goes on without it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,32 +94,6 @@ impl Default for LoaderOptions {
     }
 }
 
-/// SplitMix64: tiny, fast and well mixed; written out so that epoch orders never change with a
-/// dependency's version.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (Lemire's multiply-shift with rejection, so no modulo bias).
-    fn below(&mut self, bound: u64) -> u64 {
-        let mut m = u128::from(self.next_u64()) * u128::from(bound);
-        if (m as u64) < bound {
-            let threshold = bound.wrapping_neg() % bound;
-            while (m as u64) < threshold {
-                m = u128::from(self.next_u64()) * u128::from(bound);
-            }
-        }
-        (m >> 64) as u64
-    }
-}
-
 /// A permutation of `0..n` for one epoch: Fisher–Yates driven by SplitMix64 seeded from
 /// (seed, epoch). The same arguments always give the same order, on every platform.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
@@ -127,7 +102,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut rng = SplitMix64(a ^ b.rotate_left(17));
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
+        let j = rng.below_unbiased(i as u64 + 1) as usize;
         order.swap(i, j);
     }
     order
@@ -434,7 +409,7 @@ mod tests {
         let mut rng = SplitMix64(42);
         let mut counts = [0usize; 6];
         for _ in 0..60_000 {
-            counts[rng.below(6) as usize] += 1;
+            counts[rng.below_unbiased(6) as usize] += 1;
         }
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");

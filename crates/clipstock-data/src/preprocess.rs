@@ -23,6 +23,7 @@ use image::codecs::png::PngDecoder;
 use image::{DynamicImage, ImageDecoder, ImageFormat, Limits, RgbImage};
 
 use crate::DataError;
+use crate::rng::{SplitMix64, mix64};
 
 /// OpenAI CLIP's normalisation mean (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -813,37 +814,6 @@ pub fn sample_seed(run_seed: u64, epoch: u64, sample_index: u64) -> u64 {
     let mut h = mix64(run_seed ^ 0x243F_6A88_85A3_08D3);
     h = mix64(h ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     mix64(h ^ sample_index.wrapping_mul(0xD1B5_4A32_D192_ED03))
-}
-
-/// splitmix64's finaliser (Stafford's variant 13).
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// splitmix64 (Steele, Lea, Flood 2014): tiny, and plenty for choosing crop boxes.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.next_f64()
-    }
-
-    /// Uniform in `0..n` (Lemire's multiply-shift; the bias is below 2^-40 for image sizes).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::DataError;
+use crate::rng::SplitMix64;
 
 /// Where the tree went and how many images each layout holds, in the order they are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -569,39 +570,6 @@ fn write_job(job: &Job<'_>, tile: u32) -> Result<(), DataError> {
 // Deterministic randomness: splitmix64, seeded per image so the output does not depend on
 // which thread draws first.
 // ---------------------------------------------------------------------------------------------
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.unit()
-    }
-
-    /// Uniform integer in [lo, hi].
-    fn int(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-
-    /// Standard normal (Box–Muller; one draw per call keeps the stream simple).
-    fn normal(&mut self) -> f32 {
-        let u1 = self.unit().max(1e-7);
-        let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-    }
-}
 
 fn seed_of(set: u64, index: usize) -> u64 {
     let mut s = SplitMix64(0x5EED_C11B_5700_C000 ^ (set << 32) ^ index as u64);

@@ -37,40 +37,27 @@ impl ModuleVisitor for SquaredNorm<'_> {
     }
 }
 
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-    ids: Vec<ParamId>,
-}
-
-impl ModuleVisitor for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.ids.contains(&param.id) {
-            return;
-        }
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.factor));
-            self.ids.push(param.id);
-        }
-    }
-}
-
-/// The global L2 norm of all gradients of `module` (f64; NaN/inf when a gradient is).
-pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+/// The global L2 norm of all gradients as a one-element tensor on their device: no read-back,
+/// so a step queues all its work without waiting for the device (runs on several GPUs overlap).
+pub fn grad_norm_tensor<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     let mut v = SquaredNorm { grads, total: None };
     module.visit(&mut v);
-    match v.total {
-        None => 0.0,
-        Some(t) => {
-            let sq = t.into_data().iter::<f64>().next().unwrap_or(f64::NAN);
-            sq.sqrt()
-        }
-    }
+    v.total.map(Tensor::sqrt)
 }
 
-/// Scales every gradient by `factor` (clipping: `max_norm / (norm + 1e-6)` when above).
-pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
-    let mut v = Scale {
+/// PyTorch's `clip_grad_norm_` on the device: every gradient times
+/// `min(1, max_norm / (norm + 1e-6))` (exactly 1 when the norm is below the limit).
+pub fn clip_grads_on_device<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    norm: &Tensor<1>,
+    max_norm: f64,
+) {
+    let factor = (norm.clone() + 1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
+    let mut v = ScaleBy {
         grads,
         factor,
         ids: Vec::new(),
@@ -78,9 +65,23 @@ pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f
     module.visit(&mut v);
 }
 
-/// PyTorch's `clip_grad_norm_` factor: `min(1, max_norm / (norm + 1e-6))`.
-pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
-    (max_norm / (norm + 1e-6)).min(1.0)
+struct ScaleBy<'a> {
+    grads: &'a mut GradientsParams,
+    factor: Tensor<1>,
+    ids: Vec<ParamId>,
+}
+
+impl ModuleVisitor for ScaleBy<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.ids.contains(&param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            let f = self.factor.clone().reshape([1usize; D]);
+            self.grads.register(param.id, g.mul(f));
+            self.ids.push(param.id);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,8 +112,47 @@ mod tests {
     }
 
     #[test]
-    fn clip_factor_only_shrinks() {
-        assert_eq!(clip_factor(0.5, 1.0), 1.0);
-        assert!((clip_factor(4.0, 1.0) - 0.25).abs() < 1e-6);
+    fn clipping_matches_clip_grad_norm() {
+        use clipstock_model::model::{ClipLinear, ParamSource};
+        let device = Device::flex().autodiff();
+        let mut src = ParamSource::random(1, &device);
+        let lin = ClipLinear::new(4, 3, &mut src, "head");
+        // d(3·Σw + 2·Σb)/dw = 3 and /db = 2: norm = sqrt(9·12 + 4·3) = sqrt(120).
+        let grads_of = || {
+            let loss = lin.weight.val().sum() * 3.0 + lin.bias.val().sum() * 2.0;
+            GradientsParams::from_grads(loss.backward(), &lin)
+        };
+        let grads = grads_of();
+        let norm = grad_norm_tensor(&lin, &grads).expect("grads");
+        let n = norm.clone().into_data().iter::<f64>().next().expect("norm");
+        assert!((n - 120f64.sqrt()).abs() < 1e-5, "{n}");
+        let read = |g: &GradientsParams| {
+            let w = g
+                .get::<2>(lin.weight.id)
+                .expect("w")
+                .into_data()
+                .iter::<f64>()
+                .next();
+            let b = g
+                .get::<1>(lin.bias.id)
+                .expect("b")
+                .into_data()
+                .iter::<f64>()
+                .next();
+            (w.expect("w"), b.expect("b"))
+        };
+        // Above the limit: scaled by max / (norm + 1e-6).
+        let mut clipped = grads_of();
+        clip_grads_on_device(&lin, &mut clipped, &norm, 1.0);
+        let f = 1.0 / (120f64.sqrt() + 1e-6);
+        let (w, b) = read(&clipped);
+        assert!(
+            (w - 3.0 * f).abs() < 1e-6 && (b - 2.0 * f).abs() < 1e-6,
+            "{w} {b}"
+        );
+        // Below the limit: untouched, bit for bit.
+        let mut kept = grads_of();
+        clip_grads_on_device(&lin, &mut kept, &norm, 100.0);
+        assert_eq!(read(&kept), (3.0, 2.0));
     }
 }

@@ -31,7 +31,7 @@ use tracing::{info, info_span};
 use crate::error::{Result, TrainError, io};
 use crate::rundir::{EpochRow, RunDir, TrainerState, summary_csv};
 use crate::schedule::{constant_lr, cosine_lr};
-use crate::step::{clip_factor, cross_entropy, grad_norm, scale_grads};
+use crate::step::{clip_grads_on_device, cross_entropy, grad_norm_tensor};
 
 /// In-memory preparation of evaluation sets pays off below this size.
 const PREPARE_BUDGET_BYTES: usize = 1 << 30;
@@ -100,6 +100,14 @@ pub struct Outcome {
     pub results_markdown: String,
     pub final_merged: Option<PathBuf>,
     pub stopped_early: bool,
+}
+
+/// One run's optimizer step, queued on its device and not yet read back.
+struct QueuedStep {
+    loss_sum: Tensor<1>,
+    norm: Option<Tensor<1>>,
+    micro_batches: usize,
+    images: usize,
 }
 
 struct Run {
@@ -512,11 +520,22 @@ impl<'a> Trainer<'a> {
                 let step_start = Instant::now();
                 let lr = self.lr(self.state.global_step);
                 self.state.epoch_lr = lr;
-                let mut losses = Vec::with_capacity(self.runs.len());
-                let mut images = 0usize;
+                // Queue every run's step first, then read their losses and norms: on several
+                // devices the runs compute at the same time.
+                let mut queued = Vec::with_capacity(self.runs.len());
                 for (i, loader) in loaders.iter_mut().enumerate() {
-                    let (loss, n) = self.step_run(i, loader, accum, lr)?;
+                    queued.push(self.step_run(i, loader, accum, lr)?);
+                }
+                let mut losses = Vec::with_capacity(self.runs.len());
+                let mut norms = Vec::with_capacity(self.runs.len());
+                let mut images = 0usize;
+                for (i, q) in queued.into_iter().enumerate() {
+                    let (loss, norm, n) = match q {
+                        Some(q) => self.finish_step(i, q)?,
+                        None => (f64::NAN, f64::NAN, 0),
+                    };
                     losses.push(loss);
+                    norms.push(norm);
                     images += n;
                 }
                 for (s, l) in self.state.epoch_loss_sums.iter_mut().zip(&losses) {
@@ -533,7 +552,7 @@ impl<'a> Trainer<'a> {
                     self.dir.metric(&json!({
                         "kind": "step", "epoch": epoch + 1, "step": step,
                         "global_step": self.state.global_step, "lr": lr,
-                        "loss": losses, "images_per_sec": ips,
+                        "loss": losses, "grad_norm": norms, "images_per_sec": ips,
                     }))?;
                     info!(epoch = epoch + 1, step, lr, ?losses, "step");
                 }
@@ -631,19 +650,22 @@ impl<'a> Trainer<'a> {
 
     /// One optimizer step of run `i`: `accum` micro-batches, global-norm clipping, AdamW.
     /// Returns the mean loss and the number of images used.
+    /// Queues one optimizer step of run `i`: `accum` micro-batches, global-norm clipping and
+    /// AdamW, all on the run's device with no read-back, so the next run's step can be queued
+    /// while this one computes. Returns the step's summed loss and gradient norm as device
+    /// tensors (read and checked by the caller once every run is queued), the number of
+    /// micro-batches and of images.
     fn step_run(
         &mut self,
         i: usize,
         loader: &mut Loader,
         accum: usize,
         lr: f64,
-    ) -> Result<(f64, usize)> {
+    ) -> Result<Option<QueuedStep>> {
         let spec = self.spec;
-        let epoch = self.state.epoch + 1;
-        let step = self.state.step_in_epoch + 1;
         let run = &mut self.runs[i];
         let mut acc = GradientsAccumulator::<ImageClassifier>::new();
-        let mut loss_total = 0.0;
+        let mut loss_sum: Option<Tensor<1>> = None;
         let mut images = 0;
         let mut micro_done = 0;
         for _ in 0..accum {
@@ -658,50 +680,58 @@ impl<'a> Trainer<'a> {
             let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &run.device);
             let loss = cross_entropy(run.model.forward(x), y, spec.optim.label_smoothing);
-            let value = loss
-                .clone()
-                .into_data()
-                .iter::<f64>()
-                .next()
-                .unwrap_or(f64::NAN);
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    run: i + 1,
-                    seed: run.seed,
-                    what: "the loss",
-                    epoch,
-                    step,
-                });
-            }
+            let value = loss.clone().detach();
+            loss_sum = Some(match loss_sum.take() {
+                Some(t) => t + value,
+                None => value,
+            });
             let grads = GradientsParams::from_grads((loss / accum as f64).backward(), &run.model);
             acc.accumulate(&run.model, grads);
-            loss_total += value;
             images += n;
             micro_done += 1;
         }
-        if micro_done == 0 {
-            return Ok((f64::NAN, 0));
-        }
+        let Some(loss_sum) = loss_sum else {
+            tracing::warn!(
+                "run {}: every image of this step was unreadable; the step is skipped",
+                i + 1
+            );
+            return Ok(None);
+        };
         let mut grads = acc.grads();
-        let norm = grad_norm(&run.model, &grads);
-        if !norm.is_finite() {
-            return Err(TrainError::NonFinite {
-                run: i + 1,
-                seed: run.seed,
-                what: "the gradient norm",
-                epoch,
-                step,
-            });
-        }
-        if let Some(max) = spec.optim.grad_clip_norm {
-            let f = clip_factor(norm, max);
-            if f < 1.0 {
-                scale_grads(&run.model, &mut grads, f);
-            }
+        let norm = grad_norm_tensor(&run.model, &grads);
+        if let (Some(max), Some(norm)) = (spec.optim.grad_clip_norm, &norm) {
+            clip_grads_on_device(&run.model, &mut grads, norm, max);
         }
         let model = std::mem::replace(&mut run.model, self.eval_base.clone());
         run.model = run.optim.step(lr, model, grads);
-        Ok((loss_total / micro_done as f64, images))
+        Ok(Some(QueuedStep {
+            loss_sum,
+            norm,
+            micro_batches: micro_done,
+            images,
+        }))
+    }
+
+    /// Reads back a queued step's loss and gradient norm; a non-finite one stops training
+    /// (the last checkpoint predates it).
+    fn finish_step(&self, i: usize, q: QueuedStep) -> Result<(f64, f64, usize)> {
+        let scalar = |t: Tensor<1>| t.into_data().iter::<f64>().next().unwrap_or(f64::NAN);
+        let loss = scalar(q.loss_sum) / q.micro_batches.max(1) as f64;
+        let norm = q.norm.map(scalar).unwrap_or(0.0);
+        let err = |what| TrainError::NonFinite {
+            run: i + 1,
+            seed: self.runs[i].seed,
+            what,
+            epoch: self.state.epoch + 1,
+            step: self.state.step_in_epoch + 1,
+        };
+        if !loss.is_finite() {
+            return Err(err("the loss"));
+        }
+        if !norm.is_finite() {
+            return Err(err("the gradient norm"));
+        }
+        Ok((loss, norm, q.images))
     }
 
     fn eval_model_of_run(&self, i: usize) -> Result<ImageClassifier> {

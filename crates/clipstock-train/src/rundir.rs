@@ -164,12 +164,13 @@ impl RunDir {
         self.path.join("checkpoints").join(&state.dir)
     }
 
-    /// Writes a checkpoint: `files` (name → bytes) into a fresh folder, then `latest.json`,
-    /// then removes older checkpoint folders.
+    /// Writes a checkpoint: `write` fills a fresh temporary folder (file by file, so a large
+    /// model is never held twice in memory), every file there is fsynced, the folder is renamed
+    /// into place, then `latest.json` names it and older checkpoint folders are removed.
     pub fn save_checkpoint(
         &self,
         state: &TrainerState,
-        files: Vec<(String, Vec<u8>)>,
+        write: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PathBuf> {
         let root = self.path.join("checkpoints");
         let final_dir = root.join(&state.dir);
@@ -183,13 +184,7 @@ impl RunDir {
         }
         let tmp = root.join(format!(".tmp-{}", state.dir));
         fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-        let written = files.into_iter().try_for_each(|(name, bytes)| {
-            let p = tmp.join(&name);
-            let mut f = File::create(&p).map_err(io("create", &p))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(io("write", &p))
-        });
+        let written = write(&tmp).and_then(|()| sync_folder_files(&tmp));
         if let Err(e) = written {
             // A full disk must not leave a half folder behind either.
             let _ = fs::remove_dir_all(&tmp);
@@ -215,6 +210,19 @@ impl RunDir {
         }
         Ok(final_dir)
     }
+}
+
+/// fsync of every file in `dir` (writers such as burn's records may not sync themselves).
+fn sync_folder_files(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+        let p = e.path();
+        if p.is_file() {
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(io("sync", &p))?;
+        }
+    }
+    Ok(())
 }
 
 /// Temporary sibling, fsync, rename.

@@ -926,31 +926,31 @@ impl<'a> Trainer<'a> {
             path: ckpt_path.clone(),
             reason,
         };
-        let mut files = Vec::new();
-        for (i, run) in self.runs.iter().enumerate() {
-            let bytes = run
-                .model
-                .clone()
-                .into_record()
-                .into_bytes()
-                .map_err(|e| err(format!("run {}: {e:?}", i + 1)))?;
-            files.push((format!("run_{}.bpk", i + 1), bytes.to_vec()));
-            let bytes = run
-                .optim
-                .into_bytes()
-                .map_err(|e| err(format!("run {} optimizer: {e:?}", i + 1)))?;
-            files.push((format!("run_{}.optim.bpk", i + 1), bytes.to_vec()));
-        }
         self.state.has_merge = self.last_merge.is_some();
         self.state.metrics_len = self.dir.metrics_len();
-        if let Some(m) = &self.last_merge {
-            let tmp = tempfile::NamedTempFile::new_in(&self.dir.path)
-                .map_err(io("create a temporary file in", &self.dir.path))?;
-            m.write_safetensors(tmp.path(), Some(clipstock_model::DType::F32), None)?;
-            let bytes = std::fs::read(tmp.path()).map_err(io("read", tmp.path()))?;
-            files.push(("merged.safetensors".into(), bytes));
-        }
-        let path = self.dir.save_checkpoint(&self.state, files)?;
+        let runs = &self.runs;
+        let last_merge = &self.last_merge;
+        let write = |tmp: &Path| -> Result<()> {
+            for (i, run) in runs.iter().enumerate() {
+                run.model
+                    .clone()
+                    .into_record()
+                    .save(tmp.join(format!("run_{}.bpk", i + 1)))
+                    .map_err(|e| err(format!("run {}: {e:?}", i + 1)))?;
+                run.optim
+                    .save(tmp.join(format!("run_{}.optim.bpk", i + 1)))
+                    .map_err(|e| err(format!("run {} optimizer: {e:?}", i + 1)))?;
+            }
+            if let Some(m) = last_merge {
+                m.write_safetensors(
+                    &tmp.join("merged.safetensors"),
+                    Some(clipstock_model::DType::F32),
+                    None,
+                )?;
+            }
+            Ok(())
+        };
+        let path = self.dir.save_checkpoint(&self.state, write)?;
         obs.on(Event::Checkpoint(path));
         Ok(())
     }

@@ -375,3 +375,24 @@ fn corrupt_jpeg_is_skipped_counted_and_named() {
     );
     assert_eq!(got.iter().filter(|g| g["set"] == set).count(), good);
 }
+
+#[test]
+fn a_set_with_no_readable_image_is_an_error_not_a_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, _) = fixture_tree(dir.path(), false);
+    let set_dir = data.join("imagenet-a");
+    let mut n = 0;
+    for class in std::fs::read_dir(&set_dir).expect("set") {
+        let class = class.expect("class").path();
+        if !class.is_dir() {
+            continue;
+        }
+        for img in std::fs::read_dir(class).expect("class dir") {
+            std::fs::write(img.expect("image").path(), b"not an image").expect("write");
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    let (out, _, _) = eval(dir.path(), &data, "imagenet_a");
+    assert_fails_with(&out, &["imagenet_a", "none of its", "could be read"]);
+}

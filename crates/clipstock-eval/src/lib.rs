@@ -181,6 +181,20 @@ pub fn evaluate(
             }
         }
         progress(Progress::Finish { set_index });
+        if scorer.count == 0 {
+            // A 0% row would enter the OOD mean as if the model had failed every image.
+            let first = scorer
+                .skipped
+                .first()
+                .map(|(p, why)| format!("; e.g. `{p}`: {why}"))
+                .unwrap_or_default();
+            return Err(EvalError::Invalid(format!(
+                "set `{}` under `{}`: none of its {} images could be read{first}",
+                set.name.key(),
+                set.dir.display(),
+                scorer.skipped.len()
+            )));
+        }
         results.push(scorer.finish(set, start.elapsed().as_secs_f64()));
     }
     Ok(EvalResults::new(results))

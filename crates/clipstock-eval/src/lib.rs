@@ -68,10 +68,6 @@ impl PreparedSet {
         let batches = loader_for(&set, image_size, opts)?.collect();
         Ok(PreparedSet { set, batches })
     }
-
-    pub fn bytes(&self) -> usize {
-        self.batches.iter().map(|b| b.images.len() * 4).sum()
-    }
 }
 
 /// Either a set read from disk on every evaluation or one prepared in memory.
@@ -81,7 +77,7 @@ pub enum SetSource<'a> {
 }
 
 impl SetSource<'_> {
-    fn set(&self) -> &EvalSet {
+    pub fn set(&self) -> &EvalSet {
         match self {
             SetSource::Disk(s) => s,
             SetSource::Prepared(p) => &p.set,
@@ -131,7 +127,7 @@ pub fn evaluate(
             set_index,
             images: set.samples.len(),
         });
-        let mut scorer = Scorer::new(set);
+        let mut scorer = Scorer::new();
         let mut done = 0;
         let mut score_batch = |batch: &Batch,
                                images: Vec<f32>,
@@ -250,7 +246,7 @@ struct Scorer {
 }
 
 impl Scorer {
-    fn new(_set: &EvalSet) -> Self {
+    fn new() -> Self {
         Scorer {
             correct1: 0,
             correct5: 0,

@@ -260,16 +260,7 @@ pub fn run_dir_models(
     let ck = dir.checkpoint_dir(&state);
     let mut out = vec![("zero-shot".to_string(), base.clone())];
     for (i, &seed) in spec.run.seeds.iter().enumerate() {
-        let p = ck.join(format!("run_{}.bpk", i + 1));
-        let err = |e: String| TrainError::Checkpoint {
-            path: p.clone(),
-            reason: e,
-        };
-        let record = ModuleRecord::load(&p).map_err(|e| err(format!("{e:?}")))?;
-        let model = base
-            .clone()
-            .try_load_record(record)
-            .map_err(|e| err(format!("{e:?}")))?;
+        let model = load_run_record(base.clone(), &ck.join(format!("run_{}.bpk", i + 1)))?;
         out.push((run_label(i, seed), model));
     }
     if state.has_merge {
@@ -864,13 +855,7 @@ impl<'a> Trainer<'a> {
         } else {
             self.prepared.iter().map(SetSource::Prepared).collect()
         };
-        let names: Vec<(SetName, usize)> = sources
-            .iter()
-            .map(|s| match s {
-                SetSource::Disk(e) => (e.name, e.samples.len()),
-                SetSource::Prepared(p) => (p.set.name, p.set.samples.len()),
-            })
-            .collect();
+        let names: Vec<SetName> = sources.iter().map(|s| s.set().name).collect();
         let label_owned = label.to_string();
         let mut eval_opts = eval_options(self.spec);
         if cancellable {
@@ -884,7 +869,7 @@ impl<'a> Trainer<'a> {
             |p| match p {
                 Progress::Start { set_index, images } => obs.on(Event::EvalSet {
                     model: label_owned.clone(),
-                    set: names[set_index].0,
+                    set: names[set_index],
                     images,
                 }),
                 Progress::Batch { done, .. } => obs.on(Event::EvalProgress { done }),
@@ -964,13 +949,8 @@ impl<'a> Trainer<'a> {
             reason,
         };
         for (i, run) in self.runs.iter_mut().enumerate() {
-            let p = dir.join(format!("run_{}.bpk", i + 1));
-            let record =
-                ModuleRecord::load(&p).map_err(|e| err(format!("{}: {e:?}", p.display())))?;
             let model = std::mem::replace(&mut run.model, self.eval_base.clone());
-            run.model = model
-                .try_load_record(record)
-                .map_err(|e| err(format!("{}: {e:?}", p.display())))?;
+            run.model = load_run_record(model, &dir.join(format!("run_{}.bpk", i + 1)))?;
             let p = dir.join(format!("run_{}.optim.bpk", i + 1));
             let optim = std::mem::replace(&mut run.optim, new_optimizer(self.spec));
             run.optim = optim
@@ -1120,6 +1100,18 @@ pub fn build_w0(
         }
     }
     Ok((eval_base, extras))
+}
+
+/// A run's module record (parameters and their `ParamId`s) applied to `model`.
+fn load_run_record(model: ImageClassifier, path: &Path) -> Result<ImageClassifier> {
+    let err = |reason: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let record = ModuleRecord::load(path).map_err(|e| err(format!("{e:?}")))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| err(format!("{e:?}")))
 }
 
 fn run_label(i: usize, seed: u64) -> String {

@@ -5,16 +5,16 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 
 use clipstock_merge::{MergeOptions, Method, TensorRef};
 use clipstock_model::load::{apply_state, module_state};
-use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
+use clipstock_model::model::{Autocast, ClipLinear, ImageClassifier, Init, ParamSource};
 use clipstock_model::{ClipArch, ClipModel, DType, DeviceSpec, HostTensor, StateDict};
 use clipstock_train::state_refs;
 
@@ -39,6 +39,26 @@ pub struct BenchArgs {
     /// Model Stock) on the model's weights in memory; `all` is the three.
     #[arg(long, value_enum, default_value = "both")]
     what: What,
+    /// Matmul precision of the eval and train rows (as `optim.precision`; parameters stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: BenchPrecision,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchPrecision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl BenchPrecision {
+    fn autocast(self) -> Autocast {
+        match self {
+            BenchPrecision::F32 => Autocast::OFF,
+            BenchPrecision::Bf16 => Autocast::to(FloatDType::BF16),
+            BenchPrecision::F16 => Autocast::to(FloatDType::F16),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,23 +119,32 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // The classifier never runs the text tower; leaving it out matches training memory.
     arch.text = None;
     let iters = a.iters.max(1);
+    let ac = a.precision.autocast();
+    let (eval_label, train_label) = match a.precision {
+        BenchPrecision::F32 => ("eval forward", "train step (AdamW)"),
+        BenchPrecision::Bf16 => ("eval forward (bf16)", "train step (AdamW, bf16)"),
+        BenchPrecision::F16 => ("eval forward (f16)", "train step (AdamW, f16)"),
+    };
     let mut rows = Vec::new();
     // Each closure returns per-iteration seconds; `measure` wraps it with the row's peak RSS.
     for spec in &a.device {
+        if let Some(dtype) = ac.dtype()
+            && (a.what.eval() || a.what.train())
+            && !spec.device()?.supports_dtype(dtype)
+        {
+            bail!("--precision: device {spec:?} cannot compute in {dtype:?}");
+        }
         if a.what.eval() {
             let device = spec.device()?;
-            rows.push(measure(spec, "eval forward", Some(a.eval_batch), || {
-                Ok(time_eval(&arch, a.eval_batch, iters, &device))
+            rows.push(measure(spec, eval_label, Some(a.eval_batch), || {
+                Ok(time_eval(&arch, a.eval_batch, iters, &device, ac))
             })?);
         }
         if a.what.train() {
             let device = spec.autodiff_device()?;
-            rows.push(measure(
-                spec,
-                "train step (AdamW)",
-                Some(a.train_batch),
-                || Ok(time_train(&arch, a.train_batch, iters, &device)),
-            )?);
+            rows.push(measure(spec, train_label, Some(a.train_batch), || {
+                Ok(time_train(&arch, a.train_batch, iters, &device, ac))
+            })?);
         }
         if a.what.merge() {
             rows.push(measure(
@@ -251,13 +280,27 @@ fn timed(iters: usize, mut f: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
-fn time_eval(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> Vec<f64> {
+fn time_eval(
+    arch: &ClipArch,
+    batch: usize,
+    iters: usize,
+    device: &Device,
+    ac: Autocast,
+) -> Vec<f64> {
     let model = random_classifier(arch, 1, device);
     let x = images(arch, batch, device);
-    timed(iters, || sync(model.forward(x.clone())))
+    timed(iters, || sync(model.forward_with(x.clone(), ac)))
 }
 
-fn time_train(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> Vec<f64> {
+/// Without f16's loss scaling, whose cost (one scalar read-back per step) is not the
+/// question here.
+fn time_train(
+    arch: &ClipArch,
+    batch: usize,
+    iters: usize,
+    device: &Device,
+    ac: Autocast,
+) -> Vec<f64> {
     let mut model = Some(random_classifier(arch, 1, device).train());
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
@@ -271,7 +314,7 @@ fn time_train(arch: &ClipArch, batch: usize, iters: usize, device: &Device) -> V
         let m = model
             .take()
             .expect("the model is put back after every step");
-        let logits = m.forward(x.clone());
+        let logits = m.forward_with(x.clone(), ac);
         let logp = log_softmax(logits, 1);
         let picked = logp.gather(1, labels.clone().reshape([batch, 1]));
         let loss = picked.mean().neg();

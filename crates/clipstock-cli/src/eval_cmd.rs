@@ -294,6 +294,7 @@ fn load_classifier(
                 &classnames_path,
                 &a.templates,
                 device,
+                None,
             )?)
         }
     };

@@ -264,7 +264,10 @@ fn zeroshot(a: ZeroshotArgs) -> Result<()> {
         &templates,
         a.classes_per_batch,
         &device,
-        |done| pb.set_position(done as u64),
+        |done| {
+            pb.set_position(done as u64);
+            std::ops::ControlFlow::Continue(())
+        },
     )?;
     pb.finish_and_clear();
     create_parent(&a.out)?;

@@ -40,7 +40,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 eprintln!("\ninterrupted twice: exiting without a checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
+            eprintln!(
+                "\ninterrupt: stopping at the next safe point and saving a checkpoint (Ctrl-C \
+                 again to abort)"
+            );
         })
         .context("cannot install the Ctrl-C handler")?;
     }
@@ -54,7 +57,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
     obs.log_target = Some(run_dir.join("train.log"));
     let outcome = clipstock_train::train(&spec, &opts, &mut obs);
     obs.clear();
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Err(e @ clipstock_train::TrainError::InterruptedBeforeStart { .. }) => {
+            eprintln!("{e}");
+            std::process::exit(130);
+        }
+        o => o?,
+    };
     println!("{}", outcome.results_markdown);
     if outcome.stopped_early {
         let mut cmd = format!("clipstock train --config {}", a.config.display());

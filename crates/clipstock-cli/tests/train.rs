@@ -579,3 +579,183 @@ fn merge_policies_run_end_to_end() {
             .exists()
     );
 }
+
+#[test]
+fn bf16_and_f16_train_with_f32_master_weights_and_f16_scales_its_loss() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let quick = |name: &str, precision: &str, extra: &[&str]| {
+        let p = format!("optim.precision=\"{precision}\"");
+        let mut sets = vec![p.as_str(), "optim.epochs=1", "eval.zero_shot=false"];
+        sets.extend_from_slice(extra);
+        clipstock(&small_quickstart(tmp.path(), name, &sets))
+    };
+    let first_step = |name: &str| -> serde_json::Value {
+        let m =
+            std::fs::read_to_string(tmp.path().join(name).join("metrics.jsonl")).expect("metrics");
+        m.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .find(|v| v["kind"] == "step")
+            .expect("a step record")
+    };
+    let losses = |v: &serde_json::Value| -> Vec<f64> {
+        v["loss"]
+            .as_array()
+            .expect("loss")
+            .iter()
+            .map(|x| x.as_f64().expect("finite loss"))
+            .collect()
+    };
+    let read = |name: &str| std::fs::read(tmp.path().join(name).join("run_1_final.safetensors"));
+
+    for (name, precision) in [("f32", "f32"), ("bf16", "bf16"), ("f16", "f16")] {
+        assert_ok(&quick(name, precision, &[]));
+        let table =
+            std::fs::read_to_string(tmp.path().join(name).join("results.md")).expect("results");
+        assert!(table.contains("| merged |"), "{name}: {table}");
+    }
+    // Same w0, same first batch: the first loss differs only by the matmul precision.
+    let reference = losses(&first_step("f32"));
+    let bf16 = losses(&first_step("bf16"));
+    for (a, b) in reference.iter().zip(&bf16) {
+        assert!(a != b && (a - b).abs() < 0.05, "f32 {a} vs bf16 {b}");
+    }
+    assert!(
+        read("bf16").expect("bf16 export") != read("f32").expect("f32 export"),
+        "bf16 training must not be the f32 computation"
+    );
+
+    // f16: the default scale 2^16 overflows this model's first gradients, so the first step
+    // of each run is skipped and the scale halved; the loss itself is the unscaled one.
+    let step = first_step("f16");
+    assert_eq!(step["skipped_steps"], serde_json::json!([1, 1]), "{step}");
+    assert_eq!(step["loss_scale"], serde_json::json!([32768.0, 32768.0]));
+    for (a, b) in reference.iter().zip(&losses(&step)) {
+        assert!((a - b).abs() < 0.05, "f32 {a} vs f16 {b}");
+    }
+    // The loss scale is part of the checkpoint, so a resume continues with it.
+    let latest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("f16/checkpoints/latest.json")).expect("latest"),
+    )
+    .expect("json");
+    assert_eq!(
+        latest["loss_scales"].as_array().map(Vec::len),
+        Some(2),
+        "{latest}"
+    );
+
+    // ndarray has no 16-bit arithmetic: refused before training, naming the device's key.
+    let out = quick("nd", "bf16", &["run.devices=[\"flex\", \"ndarray\"]"]);
+    assert_fails_with(
+        &out,
+        &["optim.precision", "run.devices[1]", "ndarray", "f32"],
+    );
+    assert!(!tmp.path().join("nd").exists());
+}
+
+#[test]
+fn ctrl_c_during_the_merged_evaluation_resumes_without_merging_again() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Two epochs with evaluations after each; interrupted while the first merge is scored,
+    // when the runs already continue from it: redoing the runs' evaluations or the merge on
+    // resume would change the numbers and the weights.
+    let extra = [
+        "eval.limit_per_set=300",
+        "eval.batch_size=1",
+        "data.workers=1",
+        "eval.zero_shot=false",
+    ];
+    assert_ok(&clipstock(&small_quickstart(
+        tmp.path(),
+        "straight",
+        &extra,
+    )));
+
+    let args = small_quickstart(tmp.path(), "interrupted", &extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(&args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the merged model's evaluation starts")
+            .expect("utf-8");
+        if line.contains("eval merged · imagenet_v2") {
+            break;
+        }
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "exit {}: {rest:?}", out.status);
+    let latest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("interrupted/checkpoints/latest.json"))
+            .expect("latest"),
+    )
+    .expect("json");
+    assert_eq!(latest["epoch"], 0, "{latest}");
+    assert_eq!(latest["epoch_end_merged"], true, "{latest}");
+    let models: Vec<&str> = latest["evals"]
+        .as_array()
+        .expect("evals")
+        .iter()
+        .filter_map(|e| e["model"].as_str())
+        .collect();
+    assert_eq!(models, ["run 1 (seed 1)", "run 2 (seed 2)"], "{latest}");
+
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    assert_ok(&clipstock(&resume));
+    let read = |run: &str, f: &str| std::fs::read(tmp.path().join(run).join(f)).expect("file");
+    for f in [
+        "merged_final.safetensors",
+        "run_1_final.safetensors",
+        "run_2_final.safetensors",
+    ] {
+        assert!(read("straight", f) == read("interrupted", f), "{f} differs");
+    }
+    // Every evaluation's accuracies and every merge, once each and as in the straight run.
+    let records = |run: &str| -> Vec<String> {
+        String::from_utf8(read(run, "metrics.jsonl"))
+            .expect("utf-8")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| match v["kind"].as_str() {
+                Some("eval") => {
+                    let top1: Vec<String> = v["results"]
+                        .as_object()
+                        .expect("results")
+                        .iter()
+                        .filter_map(|(set, r)| Some(format!("{set}={}", r.get("top1")?)))
+                        .collect();
+                    Some(format!("eval {} {} {top1:?}", v["epoch"], v["model"]))
+                }
+                Some("merge") => Some(format!("merge {} {}", v["epoch"], v["mean_t"])),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(records("straight"), records("interrupted"));
+    let csv = |run: &str| String::from_utf8(read(run, "summary.csv")).expect("utf-8");
+    let strip_seconds = |t: String| -> Vec<String> {
+        // The last column is wall time.
+        t.lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string())
+            .collect()
+    };
+    assert_eq!(
+        strip_seconds(csv("straight")),
+        strip_seconds(csv("interrupted"))
+    );
+}

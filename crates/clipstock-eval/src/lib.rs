@@ -64,8 +64,19 @@ pub struct PreparedSet {
 }
 
 impl PreparedSet {
+    /// Stops with [`EvalError::Cancelled`] between batches once `opts.cancel` is set.
     pub fn prepare(set: EvalSet, image_size: u32, opts: &EvalOptions) -> Result<Self, EvalError> {
-        let batches = loader_for(&set, image_size, opts)?.collect();
+        let mut batches = Vec::new();
+        for batch in loader_for(&set, image_size, opts)? {
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                return Err(EvalError::Cancelled);
+            }
+            batches.push(batch);
+        }
         Ok(PreparedSet { set, batches })
     }
 }

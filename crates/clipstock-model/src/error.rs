@@ -6,6 +6,9 @@ use std::path::PathBuf;
 /// multi-gigabyte checkpoint in hand and need to know which entry to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The caller asked to stop (Ctrl-C) during long work such as building a zero-shot head.
+    #[error("interrupted")]
+    Cancelled,
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,

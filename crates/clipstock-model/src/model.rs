@@ -6,11 +6,55 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::{attention, embedding, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::arch::{ClipArch, TextArch, VisionArch};
 
 pub const LN_EPS: f64 = 1e-5;
+
+/// Mixed precision as PyTorch's autocast applies it to CLIP: the matrix products (linear
+/// layers, attention, the patch embedding, the projection and the head) run in a 16-bit float
+/// type, while the parameters, LayerNorm, the residual stream, the L2 normalisation and the
+/// loss stay f32. Casting is differentiable (its backward casts the gradient back), so
+/// gradients reach the f32 parameters as f32 and the optimizer, clipping and merges never see a
+/// 16-bit value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Autocast {
+    dtype: Option<FloatDType>,
+}
+
+impl Autocast {
+    /// Everything in f32.
+    pub const OFF: Autocast = Autocast { dtype: None };
+
+    /// Matrix products in `dtype`; `F32` is [`Autocast::OFF`].
+    pub fn to(dtype: FloatDType) -> Self {
+        Autocast {
+            dtype: (dtype != FloatDType::F32).then_some(dtype),
+        }
+    }
+
+    /// The reduced type, `None` when off.
+    pub fn dtype(self) -> Option<FloatDType> {
+        self.dtype
+    }
+
+    /// `t` in the reduced type (a no-op when off or already there).
+    fn low<const D: usize>(self, t: Tensor<D>) -> Tensor<D> {
+        match self.dtype {
+            Some(d) => t.cast(d),
+            None => t,
+        }
+    }
+
+    /// `t` back in f32 for the parts autocast keeps at full precision.
+    fn full<const D: usize>(self, t: Tensor<D>) -> Tensor<D> {
+        match self.dtype {
+            Some(_) => t.cast(FloatDType::F32),
+            None => t,
+        }
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct ClipLayerNorm {
@@ -51,7 +95,17 @@ impl ClipLinear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val().transpose(), Some(self.bias.val()))
+        self.forward_with(x, Autocast::OFF)
+    }
+
+    /// The output stays in the reduced type, so consecutive products (attention's
+    /// projections, the MLP) do not round-trip through f32.
+    pub fn forward_with<const D: usize>(&self, x: Tensor<D>, ac: Autocast) -> Tensor<D> {
+        linear(
+            ac.low(x),
+            ac.low(self.weight.val()).transpose(),
+            Some(ac.low(self.bias.val())),
+        )
     }
 }
 
@@ -78,13 +132,18 @@ pub struct ClipAttention {
 
 impl ClipAttention {
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        self.forward_with(x, causal, Autocast::OFF)
+    }
+
+    /// Returns the output in the reduced type (see [`Autocast`]).
+    pub fn forward_with(&self, x: Tensor<3>, causal: bool, ac: Autocast) -> Tensor<3> {
         let [b, l, w] = x.dims();
         let h = self.heads;
         let hd = w / h;
         let qkv = linear(
-            x,
-            self.in_proj_weight.val().transpose(),
-            Some(self.in_proj_bias.val()),
+            ac.low(x),
+            ac.low(self.in_proj_weight.val()).transpose(),
+            Some(ac.low(self.in_proj_bias.val())),
         );
         // [b, l, 3, h, hd] -> three [b, h, l, hd]
         let qkv = qkv.reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]);
@@ -98,7 +157,7 @@ impl ClipAttention {
         };
         let out = attention(q, k, v, None, None, options);
         let out = out.swap_dims(1, 2).reshape([b, l, w]);
-        self.out_proj.forward(out)
+        self.out_proj.forward_with(out, ac)
     }
 }
 
@@ -137,9 +196,17 @@ impl ResidualAttentionBlock {
     }
 
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
-        let h = self.mlp.c_fc.forward(self.ln_2.forward(x.clone()));
-        x + self.mlp.c_proj.forward(quick_gelu(h))
+        self.forward_with(x, causal, Autocast::OFF)
+    }
+
+    /// `x` and the result are f32; both branches compute in the reduced type.
+    pub fn forward_with(&self, x: Tensor<3>, causal: bool, ac: Autocast) -> Tensor<3> {
+        let a = self
+            .attn
+            .forward_with(self.ln_1.forward(x.clone()), causal, ac);
+        let x = x + ac.full(a);
+        let h = self.mlp.c_fc.forward_with(self.ln_2.forward(x.clone()), ac);
+        x + ac.full(self.mlp.c_proj.forward_with(quick_gelu(h), ac))
     }
 }
 
@@ -167,9 +234,13 @@ impl ClipTransformer {
         }
     }
 
-    pub fn forward(&self, mut x: Tensor<3>, causal: bool) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        self.forward_with(x, causal, Autocast::OFF)
+    }
+
+    pub fn forward_with(&self, mut x: Tensor<3>, causal: bool, ac: Autocast) -> Tensor<3> {
         for block in &self.resblocks {
-            x = block.forward(x, causal);
+            x = block.forward_with(x, causal, ac);
         }
         x
     }
@@ -239,6 +310,11 @@ impl ClipVisionTransformer {
 
     /// `images`: `[batch, 3, size, size]`, already CLIP-normalised. Returns `[batch, embed]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, Autocast::OFF)
+    }
+
+    /// [`Self::forward`] under `ac`; takes and returns f32.
+    pub fn forward_with(&self, images: Tensor<4>, ac: Autocast) -> Tensor<2> {
         let [b, c, hgt, wid] = images.dims();
         let p = self.patch_size;
         let (gh, gw) = (hgt / p, wid / p);
@@ -248,11 +324,13 @@ impl ClipVisionTransformer {
             .reshape([b, c, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b, gh * gw, c * p * p]);
-        let x = patches.matmul(
-            weight
-                .reshape([width, c * p * p])
-                .transpose()
-                .unsqueeze_dim::<3>(0),
+        let x = ac.full(
+            ac.low(patches).matmul(
+                ac.low(weight)
+                    .reshape([width, c * p * p])
+                    .transpose()
+                    .unsqueeze_dim::<3>(0),
+            ),
         );
         let cls = self
             .class_embedding
@@ -262,10 +340,10 @@ impl ClipVisionTransformer {
         let x = Tensor::cat(vec![cls, x], 1);
         let x = x + self.positional_embedding.val().unsqueeze_dim::<3>(0);
         let x = self.ln_pre.forward(x);
-        let x = self.transformer.forward(x, false);
+        let x = self.transformer.forward_with(x, false, ac);
         let cls = x.narrow(1, 0, 1).squeeze_dim::<2>(1);
         let cls = self.ln_post.forward(cls);
-        cls.matmul(self.proj.val())
+        ac.full(ac.low(cls).matmul(ac.low(self.proj.val())))
     }
 }
 
@@ -382,8 +460,13 @@ pub struct ImageClassifier {
 
 impl ImageClassifier {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let f = self.model.encode_image(images);
-        self.classification_head.forward(l2_normalize(f))
+        self.forward_with(images, Autocast::OFF)
+    }
+
+    /// Logits under `ac`, always returned in f32 (the loss is computed at full precision).
+    pub fn forward_with(&self, images: Tensor<4>, ac: Autocast) -> Tensor<2> {
+        let f = self.model.visual.forward_with(images, ac);
+        ac.full(self.classification_head.forward_with(l2_normalize(f), ac))
     }
 
     pub fn num_classes(&self) -> usize {

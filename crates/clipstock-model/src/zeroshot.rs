@@ -1,6 +1,8 @@
 //! The zero-shot classification head: class names × prompt templates through the text tower.
 
+use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -40,7 +42,8 @@ pub fn fill_template(template: &str, classname: &str) -> String {
 
 /// Builds the `[classes, embed]` head weight: for each class, encode every filled template,
 /// L2-normalise each embedding, average, L2-normalise again, scale by 100. `progress` is called
-/// with the number of classes done after each batch.
+/// with the number of classes done after each batch; returning `Break` stops with
+/// [`ModelError::Cancelled`] (80,000 prompts take minutes, and a Ctrl-C should not wait).
 pub fn zeroshot_weights(
     model: &ClipModel,
     tokenizer: &ClipTokenizer,
@@ -48,7 +51,7 @@ pub fn zeroshot_weights(
     templates: &[String],
     classes_per_batch: usize,
     device: &Device,
-    mut progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize) -> ControlFlow<()>,
 ) -> Result<Vec<f32>> {
     let Some(text) = model.text.as_ref() else {
         return Err(ModelError::Invalid {
@@ -88,7 +91,9 @@ pub fn zeroshot_weights(
             })?;
         weights.extend(data);
         done += chunk.len();
-        progress(done);
+        if progress(done).is_break() {
+            return Err(ModelError::Cancelled);
+        }
     }
     Ok(weights)
 }
@@ -101,7 +106,7 @@ pub fn zeroshot_head(
     templates: &[String],
     classes_per_batch: usize,
     device: &Device,
-    progress: impl FnMut(usize),
+    progress: impl FnMut(usize) -> ControlFlow<()>,
 ) -> Result<StateDict> {
     let w = zeroshot_weights(
         model,
@@ -117,12 +122,14 @@ pub fn zeroshot_head(
 }
 
 /// The zero-shot head of a checkpoint with a text tower, from a class-name file and a template
-/// file (JSON arrays), with the checkpoint's own context length.
+/// file (JSON arrays), with the checkpoint's own context length. Setting `cancel` stops it
+/// between batches with [`ModelError::Cancelled`].
 pub fn zeroshot_head_from_files(
     ckpt: &Checkpoint,
     classnames: &Path,
     templates: &Path,
     device: &Device,
+    cancel: Option<&AtomicBool>,
 ) -> Result<StateDict> {
     let clip = ckpt.clip(device)?;
     let ctx = ckpt
@@ -140,6 +147,9 @@ pub fn zeroshot_head_from_files(
         &templates,
         8,
         device,
-        |_| {},
+        |_| match cancel {
+            Some(c) if c.load(Ordering::SeqCst) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
     )
 }

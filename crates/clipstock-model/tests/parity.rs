@@ -234,7 +234,7 @@ fn zeroshot_head_matches_open_clip() {
             &templates,
             3,
             &device,
-            |_| {},
+            |_| std::ops::ControlFlow::Continue(()),
         )
         .expect("head");
         // The head is 100 × unit vectors: compare at the scale of unit vectors.

@@ -58,6 +58,14 @@ pub enum TrainError {
     /// A stop request (Ctrl-C) arrived during an evaluation; the caller checkpoints.
     #[error("interrupted")]
     Interrupted,
+    /// A stop request arrived while the run was being set up (zero-shot head, evaluation
+    /// sets): nothing was trained, so there is nothing to checkpoint.
+    #[error(
+        "interrupted while setting up, before the first step: {}",
+        if *resume { "the run directory is unchanged; --resume again to continue" }
+        else { "nothing was saved (no run directory left behind)" }
+    )]
+    InterruptedBeforeStart { resume: bool },
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

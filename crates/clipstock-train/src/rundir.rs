@@ -57,6 +57,16 @@ pub struct TrainerState {
     /// process wrote after it, so no record appears twice.
     #[serde(default)]
     pub metrics_len: u64,
+    /// The epoch in progress has reached its end and been merged (`epoch_end_mean_t` is the
+    /// merge's mean ratio): set only in a checkpoint taken during the merged model's
+    /// evaluation, which the resume then redoes without merging again.
+    #[serde(default)]
+    pub epoch_end_merged: bool,
+    #[serde(default)]
+    pub epoch_end_mean_t: Option<f64>,
+    /// f16 training's loss scale per run (empty at other precisions).
+    #[serde(default)]
+    pub loss_scales: Vec<crate::step::LossScale>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

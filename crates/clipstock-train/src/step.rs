@@ -59,15 +59,31 @@ pub fn clip_grads_on_device<M: Module>(
         .clamp_max(1.0);
     let mut v = ScaleBy {
         grads,
-        factor,
+        factor: Factor::Device(Box::new(factor)),
         ids: Vec::new(),
     };
     module.visit(&mut v);
 }
 
+/// Every gradient times `factor` (a value already read back, e.g. f16 loss scaling's
+/// `1/scale` folded with the clipping factor).
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
+    let mut v = ScaleBy {
+        grads,
+        factor: Factor::Host(factor),
+        ids: Vec::new(),
+    };
+    module.visit(&mut v);
+}
+
+enum Factor {
+    Device(Box<Tensor<1>>),
+    Host(f64),
+}
+
 struct ScaleBy<'a> {
     grads: &'a mut GradientsParams,
-    factor: Tensor<1>,
+    factor: Factor,
     ids: Vec<ParamId>,
 }
 
@@ -77,16 +93,105 @@ impl ModuleVisitor for ScaleBy<'_> {
             return;
         }
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            let f = self.factor.clone().reshape([1usize; D]);
-            self.grads.register(param.id, g.mul(f));
+            let g = match &self.factor {
+                Factor::Device(f) => g.mul((**f).clone().reshape([1usize; D])),
+                Factor::Host(f) => g.mul_scalar(*f),
+            };
+            self.grads.register(param.id, g);
             self.ids.push(param.id);
         }
+    }
+}
+
+/// f16 training's dynamic loss scale, with PyTorch `GradScaler`'s defaults: the loss is
+/// multiplied by `scale` before backward so that small gradients survive f16's narrow range;
+/// a step whose gradients overflow is skipped and the scale halved, and after 2000 clean
+/// steps in a row the scale doubles. bf16 has f32's exponent range and needs none of this.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScale {
+    pub scale: f64,
+    /// Clean steps since the last change of `scale`.
+    pub clean_steps: u64,
+    /// Steps skipped so far because their gradients were not finite.
+    pub skipped: u64,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        LossScale {
+            scale: 65536.0,
+            clean_steps: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl LossScale {
+    pub const GROWTH_INTERVAL: u64 = 2000;
+
+    /// Records one step's outcome and returns whether its update may be applied.
+    pub fn update(&mut self, grads_finite: bool) -> bool {
+        if grads_finite {
+            self.clean_steps += 1;
+            if self.clean_steps == Self::GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.clean_steps = 0;
+            }
+        } else {
+            self.scale *= 0.5;
+            self.clean_steps = 0;
+            self.skipped += 1;
+        }
+        grads_finite
+    }
+
+    /// The factor that turns scaled gradients with (scaled) global norm `scaled_norm` into
+    /// unscaled, clipped ones: `min(1, max / (norm + 1e-6)) / scale`, as `clip_grad_norm_`
+    /// after `GradScaler.unscale_`.
+    pub fn unscale_factor(&self, scaled_norm: f64, max_norm: Option<f64>) -> f64 {
+        let inv = 1.0 / self.scale;
+        let clip = max_norm.map_or(1.0, |m| (m / (scaled_norm * inv + 1e-6)).min(1.0));
+        clip * inv
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_scale_follows_grad_scaler() {
+        let mut s = LossScale::default();
+        assert_eq!(s.scale, 65536.0);
+        assert!(!s.update(false));
+        assert_eq!((s.scale, s.skipped, s.clean_steps), (32768.0, 1, 0));
+        for _ in 0..LossScale::GROWTH_INTERVAL - 1 {
+            assert!(s.update(true));
+        }
+        assert_eq!(s.scale, 32768.0);
+        assert!(s.update(true));
+        assert_eq!((s.scale, s.clean_steps), (65536.0, 0));
+        // An overflow restarts the count towards the next growth.
+        for _ in 0..10 {
+            s.update(true);
+        }
+        s.update(false);
+        assert_eq!((s.scale, s.clean_steps, s.skipped), (32768.0, 0, 2));
+    }
+
+    #[test]
+    fn unscale_factor_folds_clipping_into_one_multiplier() {
+        let s = LossScale {
+            scale: 1024.0,
+            ..LossScale::default()
+        };
+        // True norm 0.5 under a limit of 1: only the unscaling.
+        assert_eq!(s.unscale_factor(512.0, Some(1.0)), 1.0 / 1024.0);
+        // True norm 4 over a limit of 1: clipped by 1/(4 + 1e-6), then unscaled.
+        let f = s.unscale_factor(4096.0, Some(1.0));
+        assert!((f - 1.0 / (4.0 + 1e-6) / 1024.0).abs() < 1e-15, "{f}");
+        assert_eq!(s.unscale_factor(4096.0, None), 1.0 / 1024.0);
+    }
 
     #[test]
     fn smoothing_matches_the_pytorch_formula() {

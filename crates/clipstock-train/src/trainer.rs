@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
+use burn::tensor::FloatDType;
 use clipstock_config::{
     AfterMerge, Anchor, HeadSource, MergeMethod, OptimizerStatePolicy, Period, Precision, RunSpec,
     Schedule,
@@ -23,6 +24,7 @@ use clipstock_eval::{EvalOptions, EvalResults, PreparedSet, Progress, SetSource,
 use clipstock_merge::{MergeOptions, MergeReport, Method, TensorRef};
 use clipstock_model::load::HEAD_BIAS;
 use clipstock_model::load::{apply_state, export, module_state};
+use clipstock_model::model::Autocast;
 use clipstock_model::zeroshot::zeroshot_head_from_files;
 use clipstock_model::{Checkpoint, DeviceSpec, ImageClassifier, Naming, StateDict};
 use serde_json::{Value, json};
@@ -31,7 +33,7 @@ use tracing::{info, info_span};
 use crate::error::{Result, TrainError, io};
 use crate::rundir::{EpochRow, RunDir, TrainerState, summary_csv};
 use crate::schedule::{constant_lr, cosine_lr};
-use crate::step::{clip_grads_on_device, cross_entropy, grad_norm_tensor};
+use crate::step::{LossScale, clip_grads_on_device, cross_entropy, grad_norm_tensor, scale_grads};
 
 /// In-memory preparation of evaluation sets pays off below this size.
 const PREPARE_BUDGET_BYTES: usize = 1 << 30;
@@ -106,6 +108,10 @@ pub struct Outcome {
 struct QueuedStep {
     loss_sum: Tensor<1>,
     norm: Option<Tensor<1>>,
+    /// The unscaled norm when it had to be read back already (f16 loss scaling).
+    norm_read: Option<f64>,
+    /// f16 only: the gradients overflowed, the update was not applied.
+    skipped: bool,
     micro_batches: usize,
     images: usize,
 }
@@ -131,6 +137,7 @@ struct Trainer<'a> {
     prepared: Vec<PreparedSet>,
     steps_per_epoch: u64,
     image_size: u32,
+    autocast: Autocast,
     state: TrainerState,
     extras: StateDict,
     stop: Option<Arc<AtomicBool>>,
@@ -163,7 +170,7 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
             )));
         }
     }
-    let built = Trainer::build(spec, dir, obs).and_then(|mut t| {
+    let built = Trainer::build(spec, dir, &opts.stop, obs).and_then(|mut t| {
         if !opts.resume {
             // A first checkpoint before any step: a full disk or an unwritable folder fails
             // here, not after an epoch of work.
@@ -178,7 +185,12 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
                 // Nothing of value was written yet; leave no directory that blocks a retry.
                 let _ = std::fs::remove_dir_all(&run_path);
             }
-            return Err(e);
+            return Err(match e {
+                TrainError::Interrupted => TrainError::InterruptedBeforeStart {
+                    resume: opts.resume,
+                },
+                e => e,
+            });
         }
     };
     if opts.resume {
@@ -194,9 +206,9 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
     t.stop = Some(opts.stop.clone());
     let stopped = match t.zero_shot_then_loop(opts, obs) {
         Ok(stopped) => stopped,
-        // Interrupted inside an evaluation that comes before any merge of its epoch: the
-        // state is still the one before that evaluation, so a checkpoint now resumes by
-        // redoing it.
+        // Interrupted inside an evaluation: the state is still the one before it (with
+        // `epoch_end_merged` set if the epoch's merge is already done), so a checkpoint now
+        // resumes by redoing just that evaluation.
         Err(TrainError::Interrupted) => {
             obs.on(Event::Phase("stopping: saving a checkpoint".into()));
             t.checkpoint(obs)?;
@@ -208,13 +220,6 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
 }
 
 fn check_supported(spec: &RunSpec) -> Result<()> {
-    if spec.optim.precision != Precision::F32 {
-        return Err(TrainError::Plan(
-            "optim.precision: only \"f32\" is implemented (burn 0.22 has no autocast); f16/bf16 \
-             training is not available yet"
-                .into(),
-        ));
-    }
     if !spec.run.devices.is_empty() && spec.run.devices.len() != spec.run.seeds.len() {
         return Err(TrainError::Plan(format!(
             "run.devices has {} entries but run.seeds has {}: give one device per run",
@@ -254,7 +259,7 @@ pub fn run_dir_models(
     obs: &mut dyn Observer,
 ) -> Result<Vec<(String, ImageClassifier)>> {
     let classes = ClassSpace::load(&class_files(spec))?;
-    let (base, _) = build_w0(spec, &classes, device, obs)?;
+    let (base, _) = build_w0(spec, &classes, device, None, obs)?;
     let dir = RunDir::open(&spec.run_dir())?;
     let state = dir.latest()?;
     let ck = dir.checkpoint_dir(&state);
@@ -279,10 +284,61 @@ pub fn class_files(spec: &RunSpec) -> ClassFiles {
 }
 
 fn parse_device(s: &str, key: &str) -> Result<Device> {
-    let spec: DeviceSpec = s
-        .parse()
-        .map_err(|e| TrainError::Plan(format!("{key} = \"{s}\": {e}")))?;
-    Ok(spec.device()?)
+    Ok(parse_device_spec(s, key)?.device()?)
+}
+
+fn parse_device_spec(s: &str, key: &str) -> Result<DeviceSpec> {
+    s.parse()
+        .map_err(|e| TrainError::Plan(format!("{key} = \"{s}\": {e}")))
+}
+
+/// The matmul precision of `optim.precision`.
+fn autocast_of(precision: Precision) -> Autocast {
+    match precision {
+        Precision::F32 => Autocast::OFF,
+        Precision::F16 => Autocast::to(FloatDType::F16),
+        Precision::Bf16 => Autocast::to(FloatDType::BF16),
+    }
+}
+
+/// Refuses a reduced precision the device cannot compute in (ndarray; wgpu without
+/// `shader-f16`, and bf16 on wgpu at all) instead of failing or computing garbage mid-run.
+/// Returns whether it is a CPU device, where the reduced type buys nothing.
+fn check_precision(spec: &RunSpec, ac: Autocast, name: &str, key: &str) -> Result<bool> {
+    let Some(dtype) = ac.dtype() else {
+        return Ok(false);
+    };
+    let device_spec = parse_device_spec(name, key)?;
+    if !device_spec.device()?.supports_dtype(dtype) {
+        return Err(TrainError::Plan(format!(
+            "optim.precision = \"{}\": {key} = \"{name}\" cannot compute in {dtype:?}; use \
+             \"f32\" there (or a device that supports it: flex on the CPU, CUDA, wgpu with \
+             shader-f16 for f16)",
+            precision_name(spec.optim.precision)
+        )));
+    }
+    Ok(matches!(device_spec, DeviceSpec::Cpu | DeviceSpec::Flex))
+}
+
+fn precision_name(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32",
+        Precision::F16 => "f16",
+        Precision::Bf16 => "bf16",
+    }
+}
+
+/// A cancelled evaluation is a stop request, not an evaluation failure.
+fn eval_error(e: clipstock_eval::EvalError) -> TrainError {
+    match e {
+        clipstock_eval::EvalError::Cancelled => TrainError::Interrupted,
+        e => TrainError::Eval(e),
+    }
+}
+
+/// A one-element tensor's value (a read-back).
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data().iter::<f64>().next().unwrap_or(f64::NAN)
 }
 
 /// Borrowed views of a state dict's tensors, as the in-memory merge takes them.
@@ -297,7 +353,14 @@ pub fn state_refs(sd: &StateDict) -> Vec<TensorRef<'_>> {
 }
 
 impl<'a> Trainer<'a> {
-    fn build(spec: &'a RunSpec, dir: RunDir, obs: &mut dyn Observer) -> Result<Self> {
+    /// `stop` interrupts the long parts (the zero-shot head, decoding the evaluation sets)
+    /// with [`TrainError::Interrupted`].
+    fn build(
+        spec: &'a RunSpec,
+        dir: RunDir,
+        stop: &Arc<AtomicBool>,
+        obs: &mut dyn Observer,
+    ) -> Result<Self> {
         let classes = ClassSpace::load(&class_files(spec))?;
         if let Some(kind) = &spec.data.generate {
             if kind != "quickstart" {
@@ -318,7 +381,7 @@ impl<'a> Trainer<'a> {
         }
 
         let eval_device = parse_device(&spec.run.device, "run.device")?;
-        let (eval_base, extras) = build_w0(spec, &classes, &eval_device, obs)?;
+        let (eval_base, extras) = build_w0(spec, &classes, &eval_device, Some(stop), obs)?;
         let w0 = module_state(&eval_base);
         let model_size = eval_base.model.visual.image_size() as u32;
         let image_size = spec.data.image_size.unwrap_or(model_size);
@@ -329,11 +392,20 @@ impl<'a> Trainer<'a> {
             )));
         }
 
+        let autocast = autocast_of(spec.optim.precision);
         let mut runs = Vec::new();
+        let mut on_cpu = false;
         for (i, &seed) in spec.run.seeds.iter().enumerate() {
             let device = match spec.run.devices.get(i) {
-                Some(d) => parse_device(d, &format!("run.devices[{i}]"))?,
-                None => eval_device.clone(),
+                Some(d) => {
+                    let key = format!("run.devices[{i}]");
+                    on_cpu |= check_precision(spec, autocast, d, &key)?;
+                    parse_device(d, &key)?
+                }
+                None => {
+                    on_cpu |= check_precision(spec, autocast, &spec.run.device, "run.device")?;
+                    eval_device.clone()
+                }
             };
             let model = apply_state(eval_base.clone(), &w0, "w0")?;
             let model = model.fork(&device.clone().autodiff()).train();
@@ -343,6 +415,14 @@ impl<'a> Trainer<'a> {
                 model,
                 optim: new_optimizer(spec),
             });
+        }
+
+        if on_cpu {
+            tracing::warn!(
+                "optim.precision = \"{}\" on the CPU: flex computes 16-bit matmuls through f32, \
+                 so this is slower than f32 (useful to try a GPU config, not for speed)",
+                precision_name(spec.optim.precision)
+            );
         }
 
         obs.on(Event::Phase("indexing the image folders".into()));
@@ -382,8 +462,12 @@ impl<'a> Trainer<'a> {
         let mut prepared = Vec::new();
         if bytes_needed <= PREPARE_BUDGET_BYTES {
             obs.on(Event::Phase("decoding the evaluation sets once".into()));
+            let opts = EvalOptions {
+                cancel: Some(stop.clone()),
+                ..eval_options(spec)
+            };
             for set in eval_sets.drain(..) {
-                prepared.push(PreparedSet::prepare(set, image_size, &eval_options(spec))?);
+                prepared.push(PreparedSet::prepare(set, image_size, &opts).map_err(eval_error)?);
             }
         }
 
@@ -409,6 +493,12 @@ impl<'a> Trainer<'a> {
             epoch_loss_steps: 0,
             epoch_lr: 0.0,
             metrics_len: 0,
+            epoch_end_merged: false,
+            epoch_end_mean_t: None,
+            loss_scales: match spec.optim.precision {
+                Precision::F16 => vec![LossScale::default(); spec.run.seeds.len()],
+                _ => Vec::new(),
+            },
             epoch: 0,
             step_in_epoch: 0,
             global_step: 0,
@@ -432,6 +522,7 @@ impl<'a> Trainer<'a> {
             prepared,
             steps_per_epoch,
             image_size,
+            autocast,
             state,
             extras,
             stop: None,
@@ -454,7 +545,7 @@ impl<'a> Trainer<'a> {
         // Also on resume: a run stopped during the zero-shot evaluation still gets its row.
         if self.spec.eval.zero_shot && !self.state.evals.iter().any(|e| e["model"] == "zero-shot") {
             let base = self.eval_base.clone();
-            self.evaluate_model(0, "zero-shot", &base, true, obs)?;
+            self.evaluate_model(0, "zero-shot", &base, obs)?;
             self.checkpoint(obs)?;
         }
         self.run_loop(opts, obs)
@@ -540,11 +631,19 @@ impl<'a> Trainer<'a> {
                 if step.is_multiple_of(spec.run.log_every_steps.max(1))
                     || step == self.steps_per_epoch
                 {
-                    self.dir.metric(&json!({
+                    let mut record = json!({
                         "kind": "step", "epoch": epoch + 1, "step": step,
                         "global_step": self.state.global_step, "lr": lr,
                         "loss": losses, "grad_norm": norms, "images_per_sec": ips,
-                    }))?;
+                    });
+                    if !self.state.loss_scales.is_empty() {
+                        let ls = &self.state.loss_scales;
+                        record["loss_scale"] =
+                            json!(ls.iter().map(|s| s.scale).collect::<Vec<_>>());
+                        record["skipped_steps"] =
+                            json!(ls.iter().map(|s| s.skipped).collect::<Vec<_>>());
+                    }
+                    self.dir.metric(&record)?;
                     info!(epoch = epoch + 1, step, lr, ?losses, "step");
                 }
                 obs.on(Event::Step {
@@ -580,23 +679,30 @@ impl<'a> Trainer<'a> {
             let eval_now = is_last
                 || (spec.eval.every_epochs > 0
                     && (epoch + 1).is_multiple_of(spec.eval.every_epochs));
-            if eval_now && spec.eval.runs {
+            // Resuming a checkpoint taken during the merged model's evaluation: the runs'
+            // evaluations and the merge are done (the runs may already hold the merge).
+            let merged_already = self.state.epoch_end_merged;
+            if eval_now && spec.eval.runs && !merged_already {
                 for i in 0..self.runs.len() {
                     let label = run_label(i, self.runs[i].seed);
                     let model = self.eval_model_of_run(i)?;
-                    self.evaluate_model(epoch + 1, &label, &model, true, obs)?;
+                    self.evaluate_model(epoch + 1, &label, &model, obs)?;
                 }
             }
-            let mut mean_t = None;
-            if merge_now && spec.merge.method != MergeMethod::None {
+            let mut mean_t = self.state.epoch_end_mean_t;
+            if merge_now && spec.merge.method != MergeMethod::None && !merged_already {
                 // After the last merge nothing trains on, so the runs keep their own weights (exported
                 // next to the merge).
                 mean_t = Some(self.merge(!is_last, obs)?);
+                self.state.epoch_end_merged = true;
+                self.state.epoch_end_mean_t = mean_t;
             }
             let (mut merged_in, mut merged_ood) = (None, None);
             if eval_now && let Some(m) = self.last_merge.clone() {
                 let model = apply_state(self.eval_base.clone(), &m, "merged")?;
-                let r = self.evaluate_model(epoch + 1, "merged", &model, false, obs)?;
+                // Interruptible too: the checkpoint records that the merge is done, so the
+                // resume goes straight back to this evaluation.
+                let r = self.evaluate_model(epoch + 1, "merged", &model, obs)?;
                 merged_in = r.get(SetName::ImageNet).map(|s| s.top1);
                 merged_ood = r.ood_mean().map(|(m, _)| m);
             }
@@ -621,6 +727,8 @@ impl<'a> Trainer<'a> {
             )?;
             self.state.epoch += 1;
             self.state.step_in_epoch = 0;
+            self.state.epoch_end_merged = false;
+            self.state.epoch_end_mean_t = None;
             if is_last {
                 self.state.finished = true;
             }
@@ -654,6 +762,8 @@ impl<'a> Trainer<'a> {
         lr: f64,
     ) -> Result<Option<QueuedStep>> {
         let spec = self.spec;
+        let autocast = self.autocast;
+        let loss_scale = self.state.loss_scales.get(i).map(|s| s.scale);
         let run = &mut self.runs[i];
         let mut acc = GradientsAccumulator::<ImageClassifier>::new();
         let mut loss_sum: Option<Tensor<1>> = None;
@@ -670,13 +780,18 @@ impl<'a> Trainer<'a> {
                 Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, s, s]), &run.device);
             let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &run.device);
-            let loss = cross_entropy(run.model.forward(x), y, spec.optim.label_smoothing);
+            let logits = run.model.forward_with(x, autocast);
+            let loss = cross_entropy(logits, y, spec.optim.label_smoothing);
             let value = loss.clone().detach();
             loss_sum = Some(match loss_sum.take() {
                 Some(t) => t + value,
                 None => value,
             });
-            let grads = GradientsParams::from_grads((loss / accum as f64).backward(), &run.model);
+            let loss = match loss_scale {
+                Some(scale) => loss * (scale / accum as f64),
+                None => loss / accum as f64,
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), &run.model);
             acc.accumulate(&run.model, grads);
             images += n;
             micro_done += 1;
@@ -689,15 +804,40 @@ impl<'a> Trainer<'a> {
             return Ok(None);
         };
         let mut grads = acc.grads();
-        let norm = grad_norm_tensor(&run.model, &grads);
-        if let (Some(max), Some(norm)) = (spec.optim.grad_clip_norm, &norm) {
+        let mut norm = grad_norm_tensor(&run.model, &grads);
+        let mut norm_read = None;
+        let mut skipped = false;
+        if let Some(ls) = self.state.loss_scales.get_mut(i) {
+            // Whether the update may be applied depends on the gradients: this read-back is
+            // the price of f16 (GradScaler syncs at the same point).
+            let scaled = norm.take().map_or(0.0, scalar);
+            let finite = scaled.is_finite();
+            if finite {
+                let factor = ls.unscale_factor(scaled, spec.optim.grad_clip_norm);
+                scale_grads(&run.model, &mut grads, factor);
+            }
+            norm_read = Some(scaled / ls.scale);
+            ls.update(finite);
+            if !finite {
+                skipped = true;
+                info!(
+                    run = i + 1,
+                    loss_scale = ls.scale,
+                    "f16 gradients overflowed: step skipped, loss scale halved"
+                );
+            }
+        } else if let (Some(max), Some(norm)) = (spec.optim.grad_clip_norm, &norm) {
             clip_grads_on_device(&run.model, &mut grads, norm, max);
         }
-        let model = std::mem::replace(&mut run.model, self.eval_base.clone());
-        run.model = run.optim.step(lr, model, grads);
+        if !skipped {
+            let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+            run.model = run.optim.step(lr, model, grads);
+        }
         Ok(Some(QueuedStep {
             loss_sum,
             norm,
+            norm_read,
+            skipped,
             micro_batches: micro_done,
             images,
         }))
@@ -706,9 +846,8 @@ impl<'a> Trainer<'a> {
     /// Reads back a queued step's loss and gradient norm; a non-finite one stops training
     /// (the last checkpoint predates it).
     fn finish_step(&self, i: usize, q: QueuedStep) -> Result<(f64, f64, usize)> {
-        let scalar = |t: Tensor<1>| t.into_data().iter::<f64>().next().unwrap_or(f64::NAN);
         let loss = scalar(q.loss_sum) / q.micro_batches.max(1) as f64;
-        let norm = q.norm.map(scalar).unwrap_or(0.0);
+        let norm = q.norm_read.or(q.norm.map(scalar)).unwrap_or(0.0);
         let err = |what| TrainError::NonFinite {
             run: i + 1,
             seed: self.runs[i].seed,
@@ -718,6 +857,10 @@ impl<'a> Trainer<'a> {
         };
         if !loss.is_finite() {
             return Err(err("the loss"));
+        }
+        if q.skipped {
+            // f16 overflow: handled by the loss scale, not a divergence.
+            return Ok((loss, f64::NAN, q.images));
         }
         if !norm.is_finite() {
             return Err(err("the gradient norm"));
@@ -839,14 +982,14 @@ impl<'a> Trainer<'a> {
         Ok(mean_t)
     }
 
-    /// `cancellable`: a stop request interrupts it. Only evaluations before the epoch's merge
-    /// are, so an interrupted epoch end can simply be redone after a resume.
+    /// A stop request interrupts it with [`TrainError::Interrupted`]; the state it leaves is
+    /// the one before the evaluation (the runs' evaluations come before the epoch's merge, and
+    /// `epoch_end_merged` marks the merged model's), so a resume redoes just that evaluation.
     fn evaluate_model(
         &mut self,
         epoch: u64,
         label: &str,
         model: &ImageClassifier,
-        cancellable: bool,
         obs: &mut dyn Observer,
     ) -> Result<EvalResults> {
         let _span = info_span!("eval", model = label).entered();
@@ -858,9 +1001,7 @@ impl<'a> Trainer<'a> {
         let names: Vec<SetName> = sources.iter().map(|s| s.set().name).collect();
         let label_owned = label.to_string();
         let mut eval_opts = eval_options(self.spec);
-        if cancellable {
-            eval_opts.cancel = self.stop.clone();
-        }
+        eval_opts.cancel = self.stop.clone();
         let results = evaluate(
             model,
             &sources,
@@ -877,10 +1018,7 @@ impl<'a> Trainer<'a> {
             },
             None,
         )
-        .map_err(|e| match e {
-            clipstock_eval::EvalError::Cancelled => TrainError::Interrupted,
-            e => TrainError::Eval(e),
-        })?;
+        .map_err(eval_error)?;
         let record = json!({"epoch": epoch, "model": label, "results": results.to_json()});
         self.dir.metric(
             &json!({"kind": "eval", "epoch": epoch, "model": label, "results": results.to_json()}),
@@ -975,7 +1113,12 @@ impl<'a> Trainer<'a> {
             None
         };
         self.dir.truncate_metrics(state.metrics_len)?;
+        let fresh_scales = std::mem::take(&mut self.state.loss_scales);
         self.state = state;
+        if self.state.loss_scales.len() != fresh_scales.len() {
+            // Only a checkpoint written by a build without loss scaling lacks them.
+            self.state.loss_scales = fresh_scales;
+        }
         Ok(())
     }
 
@@ -1046,6 +1189,7 @@ pub fn build_w0(
     spec: &RunSpec,
     classes: &ClassSpace,
     eval_device: &Device,
+    cancel: Option<&AtomicBool>,
     obs: &mut dyn Observer,
 ) -> Result<(ImageClassifier, StateDict)> {
     obs.on(Event::Phase(format!(
@@ -1063,7 +1207,12 @@ pub fn build_w0(
                 &spec.model.classnames,
                 &spec.model.templates,
                 eval_device,
-            )?;
+                cancel,
+            )
+            .map_err(|e| match e {
+                clipstock_model::ModelError::Cancelled => TrainError::Interrupted,
+                e => e.into(),
+            })?;
             let n = head.get(HEAD_BIAS).map(|t| t.numel()).unwrap_or(0);
             if n != classes.num_classes() {
                 return Err(TrainError::Plan(format!(

@@ -759,3 +759,43 @@ fn ctrl_c_during_the_merged_evaluation_resumes_without_merging_again() {
         strip_seconds(csv("interrupted"))
     );
 }
+
+/// The GPU code path of training (autodiff, AdamW, clipping, the merge hook's gather and
+/// write-back, evaluation) on wgpu, against the CPU. CI runs it on Mesa's software Vulkan with
+/// `CLIPSTOCK_TEST_WGPU=1`; elsewhere it is skipped (kernel compilation takes minutes there).
+#[test]
+fn training_on_wgpu_matches_the_cpu() {
+    if !std::env::var("CLIPSTOCK_TEST_WGPU").is_ok_and(|v| v == "1") {
+        eprintln!("note: wgpu training skipped (set CLIPSTOCK_TEST_WGPU=1 to run it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let small = [
+        "data.train_limit=32",
+        "optim.epochs=1",
+        "eval.limit_per_set=16",
+    ];
+    for (name, device) in [("cpu", "cpu"), ("wgpu", "wgpu")] {
+        let d = format!("run.device=\"{device}\"");
+        let mut extra: Vec<&str> = small.to_vec();
+        extra.push(&d);
+        assert_ok(&clipstock(&small_quickstart(tmp.path(), name, &extra)));
+    }
+    let read = |name: &str, f: &str| {
+        clipstock_model::StateDict::read(&tmp.path().join(name).join(f)).expect("export")
+    };
+    for f in ["run_1_final.safetensors", "merged_final.safetensors"] {
+        let (cpu, gpu) = (read("cpu", f), read("wgpu", f));
+        let mut worst = 0f32;
+        for (name, t) in cpu.iter() {
+            let g = gpu.get(name).expect("same tensors");
+            for (a, b) in t.data.iter().zip(&g.data) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        // Two optimizer steps of different float summation orders: ~1e-5 seen on lavapipe.
+        assert!(worst < 1e-3, "{f}: max |cpu − wgpu| = {worst}");
+    }
+    let table = std::fs::read_to_string(tmp.path().join("wgpu/results.md")).expect("results");
+    assert!(table.contains("| merged |"), "{table}");
+}

@@ -1,5 +1,6 @@
 //! Mixed precision: under `Autocast` the logits stay close to f32's, the parameters' gradients
-//! come back as f32 and point the same way, and parameters never change dtype.
+//! come back as f32 and point the same way, and parameters never change dtype. (The f32 path
+//! itself is checked against open_clip by the parity tests.)
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -42,17 +43,8 @@ fn values(t: Tensor<2>) -> Vec<f32> {
 }
 
 #[test]
-fn off_is_exactly_the_plain_forward() {
-    let device = Device::flex();
-    let m = tiny_classifier(&device);
-    let a = values(m.forward(images(&device)));
-    let b = values(m.forward_with(images(&device), Autocast::to(FloatDType::F32)));
-    assert_eq!(a, b);
-    assert_eq!(Autocast::to(FloatDType::F32), Autocast::OFF);
-}
-
-#[test]
 fn reduced_precision_logits_are_f32_and_close() {
+    assert_eq!(Autocast::to(FloatDType::F32), Autocast::OFF);
     let device = Device::flex();
     let m = tiny_classifier(&device);
     let full = values(m.forward(images(&device)));

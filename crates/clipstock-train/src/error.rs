@@ -62,7 +62,7 @@ pub enum TrainError {
     /// sets): nothing was trained, so there is nothing to checkpoint.
     #[error(
         "interrupted while setting up, before the first step: {}",
-        if *resume { "the run directory is unchanged; --resume again to continue" }
+        if *resume { "checkpoints and metrics are unchanged; --resume again to continue" }
         else { "nothing was saved (no run directory left behind)" }
     )]
     InterruptedBeforeStart { resume: bool },

@@ -75,7 +75,9 @@ fn parse<M: Module>(module: &M, optim: &ModuleOptimizer) -> Result<Parsed> {
     })
 }
 
-/// Replaces every run's optimizer state by the element-wise mean over the runs.
+/// Replaces every run's optimizer state by the element-wise mean over the runs that have one.
+/// A run can have none yet: with f16, every step so far may have been skipped for overflow
+/// while another run already stepped. It keeps starting fresh rather than stopping training.
 pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()> {
     let parsed: Vec<Parsed> = runs
         .iter()
@@ -105,13 +107,12 @@ pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()>
             entry.1 += 1;
         }
     }
-    for ((path, field), (_, count)) in &sums {
-        if *count != runs.len() {
-            return Err(err(format!(
-                "`{path}.{field}` exists in {count} of {} runs",
-                runs.len()
-            )));
-        }
+    if let Some(((path, field), (_, count))) = sums.iter().find(|(_, (_, c))| *c != runs.len()) {
+        tracing::warn!(
+            "optimizer state `{path}.{field}` exists in {count} of {} runs (a run that has not \
+             stepped yet); averaged over those that have it",
+            runs.len()
+        );
     }
     for ((_, optim), p) in runs.iter_mut().zip(parsed) {
         let mut out = Vec::with_capacity(p.tensors.len());

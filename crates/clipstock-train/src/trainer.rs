@@ -220,6 +220,14 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
 }
 
 fn check_supported(spec: &RunSpec) -> Result<()> {
+    // Before the zero-shot head, which can take minutes.
+    let ac = autocast_of(spec.optim.precision);
+    if spec.run.devices.is_empty() {
+        check_precision(spec, ac, &spec.run.device, "run.device")?;
+    }
+    for (i, d) in spec.run.devices.iter().enumerate() {
+        check_precision(spec, ac, d, &format!("run.devices[{i}]"))?;
+    }
     if !spec.run.devices.is_empty() && spec.run.devices.len() != spec.run.seeds.len() {
         return Err(TrainError::Plan(format!(
             "run.devices has {} entries but run.seeds has {}: give one device per run",
@@ -311,9 +319,9 @@ fn check_precision(spec: &RunSpec, ac: Autocast, name: &str, key: &str) -> Resul
     let device_spec = parse_device_spec(name, key)?;
     if !device_spec.device()?.supports_dtype(dtype) {
         return Err(TrainError::Plan(format!(
-            "optim.precision = \"{}\": {key} = \"{name}\" cannot compute in {dtype:?}; use \
-             \"f32\" there (or a device that supports it: flex on the CPU, CUDA, wgpu with \
-             shader-f16 for f16)",
+            "optim.precision = \"{}\": {key} = \"{name}\" reports no {dtype:?} arithmetic; use \
+             \"f32\" there, or a device that has it (flex on the CPU; CUDA; wgpu where the \
+             adapter supports the type, e.g. f16 with shader-f16)",
             precision_name(spec.optim.precision)
         )));
     }
@@ -419,8 +427,9 @@ impl<'a> Trainer<'a> {
 
         if on_cpu {
             tracing::warn!(
-                "optim.precision = \"{}\" on the CPU: flex computes 16-bit matmuls through f32, \
-                 so this is slower than f32 (useful to try a GPU config, not for speed)",
+                "optim.precision = \"{}\" on the CPU: flex gains nothing from 16-bit matmuls \
+                 (bf16 is computed through f32, f16 by a slower half-precision GEMM); use it to \
+                 try a GPU config, not for speed",
                 precision_name(spec.optim.precision)
             );
         }
@@ -685,6 +694,11 @@ impl<'a> Trainer<'a> {
             if eval_now && spec.eval.runs && !merged_already {
                 for i in 0..self.runs.len() {
                     let label = run_label(i, self.runs[i].seed);
+                    // Done before an interruption of this epoch end: same weights, same result.
+                    let done = |e: &Value| e["epoch"] == epoch + 1 && e["model"] == label.as_str();
+                    if self.state.evals.iter().any(done) {
+                        continue;
+                    }
                     let model = self.eval_model_of_run(i)?;
                     self.evaluate_model(epoch + 1, &label, &model, obs)?;
                 }
@@ -693,7 +707,7 @@ impl<'a> Trainer<'a> {
             if merge_now && spec.merge.method != MergeMethod::None && !merged_already {
                 // After the last merge nothing trains on, so the runs keep their own weights (exported
                 // next to the merge).
-                mean_t = Some(self.merge(!is_last, obs)?);
+                mean_t = self.merge(!is_last, obs)?;
                 self.state.epoch_end_merged = true;
                 self.state.epoch_end_mean_t = mean_t;
             }
@@ -875,8 +889,8 @@ impl<'a> Trainer<'a> {
 
     /// Model Stock (or the configured method) over the runs' current weights; writes the
     /// report, and resets the runs to the merge when configured and `reset_runs`. Returns the
-    /// mean ratio.
-    fn merge(&mut self, reset_runs: bool, obs: &mut dyn Observer) -> Result<f64> {
+    /// mean ratio (`None` for a uniform soup).
+    fn merge(&mut self, reset_runs: bool, obs: &mut dyn Observer) -> Result<Option<f64>> {
         let spec = self.spec;
         let epoch = self.state.epoch + 1;
         let step = self.state.global_step;
@@ -1287,8 +1301,9 @@ fn eval_options(spec: &RunSpec) -> EvalOptions {
     }
 }
 
-fn mean_ratio(report: &MergeReport) -> f64 {
-    report.summary.t_mean.unwrap_or(f64::NAN)
+/// `None` for merges without a ratio (uniform).
+fn mean_ratio(report: &MergeReport) -> Option<f64> {
+    report.summary.t_mean
 }
 
 /// Rebuilds the per-set accuracies stored in the trainer state (for `results.md` after a

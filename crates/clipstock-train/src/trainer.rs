@@ -779,6 +779,7 @@ impl<'a> Trainer<'a> {
         let autocast = self.autocast;
         let loss_scale = self.state.loss_scales.get(i).map(|s| s.scale);
         let run = &mut self.runs[i];
+        let _span = info_span!("run", run = i + 1, seed = run.seed).entered();
         let mut acc = GradientsAccumulator::<ImageClassifier>::new();
         let mut loss_sum: Option<Tensor<1>> = None;
         let mut images = 0;
@@ -835,7 +836,6 @@ impl<'a> Trainer<'a> {
             if !finite {
                 skipped = true;
                 info!(
-                    run = i + 1,
                     loss_scale = ls.scale,
                     "f16 gradients overflowed: step skipped, loss scale halved"
                 );

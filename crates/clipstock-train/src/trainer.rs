@@ -112,6 +112,9 @@ struct QueuedStep {
     norm_read: Option<f64>,
     /// f16 only: the gradients overflowed, the update was not applied.
     skipped: bool,
+    /// f16 with one device per run: gradients whose update waits for their norm, read once
+    /// every run's backward is queued (see [`Trainer::apply_scaled`]).
+    pending: Option<GradientsParams>,
     micro_batches: usize,
     images: usize,
 }
@@ -617,6 +620,15 @@ impl<'a> Trainer<'a> {
                 for (i, loader) in loaders.iter_mut().enumerate() {
                     queued.push(self.step_run(i, loader, accum, lr)?);
                 }
+                for (i, q) in queued.iter_mut().enumerate() {
+                    if let Some(q) = q
+                        && let Some(grads) = q.pending.take()
+                    {
+                        let seed = self.runs[i].seed;
+                        let _span = info_span!("run", run = i + 1, seed).entered();
+                        self.apply_scaled(i, q, grads, lr);
+                    }
+                }
                 let mut losses = Vec::with_capacity(self.runs.len());
                 let mut norms = Vec::with_capacity(self.runs.len());
                 let mut images = 0usize;
@@ -819,42 +831,62 @@ impl<'a> Trainer<'a> {
             return Ok(None);
         };
         let mut grads = acc.grads();
-        let mut norm = grad_norm_tensor(&run.model, &grads);
-        let mut norm_read = None;
-        let mut skipped = false;
-        if let Some(ls) = self.state.loss_scales.get_mut(i) {
-            // Whether the update may be applied depends on the gradients: this read-back is
-            // the price of f16 (GradScaler syncs at the same point).
-            let scaled = norm.take().map_or(0.0, scalar);
-            let finite = scaled.is_finite();
-            if finite {
-                let factor = ls.unscale_factor(scaled, spec.optim.grad_clip_norm);
-                scale_grads(&run.model, &mut grads, factor);
-            }
-            norm_read = Some(scaled / ls.scale);
-            ls.update(finite);
-            if !finite {
-                skipped = true;
-                info!(
-                    loss_scale = ls.scale,
-                    "f16 gradients overflowed: step skipped, loss scale halved"
-                );
-            }
-        } else if let (Some(max), Some(norm)) = (spec.optim.grad_clip_norm, &norm) {
-            clip_grads_on_device(&run.model, &mut grads, norm, max);
-        }
-        if !skipped {
-            let model = std::mem::replace(&mut run.model, self.eval_base.clone());
-            run.model = run.optim.step(lr, model, grads);
-        }
-        Ok(Some(QueuedStep {
+        let norm = grad_norm_tensor(&run.model, &grads);
+        let mut q = QueuedStep {
             loss_sum,
             norm,
-            norm_read,
-            skipped,
+            norm_read: None,
+            skipped: false,
+            pending: None,
             micro_batches: micro_done,
             images,
-        }))
+        };
+        if loss_scale.is_some() {
+            if spec.run.devices.is_empty() {
+                self.apply_scaled(i, &mut q, grads, lr);
+            } else {
+                // Every run on its own device: read this norm only after the other runs'
+                // backward passes are queued, so the devices keep computing meanwhile. (On one
+                // device that would only keep a second set of gradients alive.)
+                q.pending = Some(grads);
+            }
+            return Ok(Some(q));
+        }
+        if let (Some(max), Some(norm)) = (spec.optim.grad_clip_norm, &q.norm) {
+            clip_grads_on_device(&run.model, &mut grads, norm, max);
+        }
+        let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+        run.model = run.optim.step(lr, model, grads);
+        Ok(Some(q))
+    }
+
+    /// The f16 half of a step: whether the update may be applied depends on the gradients, so
+    /// their (scaled) norm is read back here — the price of f16, GradScaler syncs at the same
+    /// point. Finite: unscale and clip in one multiplication, then AdamW. Not finite: skip.
+    /// Either way the loss scale is updated.
+    fn apply_scaled(&mut self, i: usize, q: &mut QueuedStep, mut grads: GradientsParams, lr: f64) {
+        let max_norm = self.spec.optim.grad_clip_norm;
+        let run = &mut self.runs[i];
+        let Some(ls) = self.state.loss_scales.get_mut(i) else {
+            return;
+        };
+        let scaled = q.norm.take().map_or(0.0, scalar);
+        let finite = scaled.is_finite();
+        q.norm_read = Some(scaled / ls.scale);
+        if finite {
+            scale_grads(&run.model, &mut grads, ls.unscale_factor(scaled, max_norm));
+            let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+            run.model = run.optim.step(lr, model, grads);
+        } else {
+            q.skipped = true;
+        }
+        ls.update(finite);
+        if !finite {
+            info!(
+                loss_scale = ls.scale,
+                "f16 gradients overflowed: step skipped, loss scale halved"
+            );
+        }
     }
 
     /// Reads back a queued step's loss and gradient norm; a non-finite one stops training

@@ -4,47 +4,14 @@
 //! bitwise equal to an uninterrupted run: mid-epoch with f16's loss scale, and during the last
 //! epoch's evaluations of a run and of the merge (nothing evaluated or merged twice).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{options, root, spec};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clipstock_config::RunSpec;
 use clipstock_data::layouts::SetName;
-use clipstock_train::{Event, Observer, Outcome, Quiet, TrainError, TrainOptions, train};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The quickstart config, tiny, with absolute paths (tests do not share a working directory).
-fn spec(out: &Path, name: &str, extra: &[String]) -> RunSpec {
-    let q = root().join("data/quickstart");
-    let mut sets = vec![
-        format!("run.name={name}"),
-        format!("run.output_dir={}", out.display()),
-        format!(
-            "model.weights={}",
-            q.join("tiny_clip.safetensors").display()
-        ),
-        format!("model.classnames={}", q.join("classnames.json").display()),
-        format!("model.templates={}", q.join("templates.json").display()),
-        format!("data.class_dir={}", q.display()),
-        format!("data.root={}", out.join("data").display()),
-        "data.train_limit=32".into(),
-        "optim.epochs=1".into(),
-        "optim.batch_size=16".into(),
-        "eval.limit_per_set=8".into(),
-    ];
-    sets.extend_from_slice(extra);
-    clipstock_config::load(&root().join("configs/quickstart.toml"), &sets).expect("config")
-}
-
-fn options(resume: bool, stop: bool) -> TrainOptions {
-    TrainOptions {
-        resume,
-        stop: Arc::new(AtomicBool::new(stop)),
-    }
-}
+use clipstock_train::{Event, Observer, Outcome, Quiet, TrainError, train};
 
 fn assert_interrupted_before_start(r: clipstock_train::Result<Outcome>, resume: bool) {
     match r {

@@ -1,5 +1,6 @@
 //! `merge.optimizer_state = "average"`: after a merge, every run continues with the mean of
-//! the runs' AdamW moments, parameter by parameter.
+//! the runs' AdamW moments, parameter by parameter. A run without any state yet (with f16,
+//! every step so far skipped for overflow) is left out of the mean and stays fresh.
 //!
 //! burn keys optimizer state by `ParamId`, and each run has its own ids, so the runs' records
 //! are matched through module paths: serialise each record (burn's burnpack format), average
@@ -75,9 +76,10 @@ fn parse<M: Module>(module: &M, optim: &ModuleOptimizer) -> Result<Parsed> {
     })
 }
 
-/// Replaces every run's optimizer state by the element-wise mean over the runs that have one.
-/// A run can have none yet: with f16, every step so far may have been skipped for overflow
-/// while another run already stepped. It keeps starting fresh rather than stopping training.
+/// Replaces the optimizer state of every run that has one by the element-wise mean over those
+/// runs. A run can have none yet — with f16, every step so far may have been skipped for
+/// overflow while another run already stepped — and then keeps starting fresh. Runs that have
+/// state must have the same entries.
 pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()> {
     let parsed: Vec<Parsed> = runs
         .iter()
@@ -107,10 +109,19 @@ pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()>
             entry.1 += 1;
         }
     }
-    if let Some(((path, field), (_, count))) = sums.iter().find(|(_, (_, c))| *c != runs.len()) {
-        tracing::warn!(
-            "optimizer state `{path}.{field}` exists in {count} of {} runs (a run that has not \
-             stepped yet); averaged over those that have it",
+    let with_state = parsed.iter().filter(|p| !p.tensors.is_empty()).count();
+    for ((path, field), (_, count)) in &sums {
+        if *count != with_state {
+            return Err(err(format!(
+                "`{path}.{field}` exists in {count} of the {with_state} runs with optimizer state"
+            )));
+        }
+    }
+    if with_state < runs.len() {
+        tracing::info!(
+            "{} of {} runs have no optimizer state yet (every step skipped so far); the mean is \
+             over the others",
+            runs.len() - with_state,
             runs.len()
         );
     }
@@ -227,6 +238,20 @@ mod tests {
                 assert_eq!(got[i], want, "{key:?}[{i}]");
             }
         }
+        // A run that has not stepped yet (f16 skips) is left out and stays fresh; the others
+        // still get their own mean.
+        let fresh_model = classifier(1, &device).train();
+        let mut fresh_optim = AdamWConfig::new().init();
+        let (mc, mut oc) = stepped(3, &device);
+        let before_c = field_values(&mc, &oc);
+        average(&mut [(&fresh_model, &mut fresh_optim), (&mc, &mut oc)]).expect("average");
+        assert!(field_values(&fresh_model, &fresh_optim).is_empty());
+        assert_eq!(
+            field_values(&mc, &oc),
+            before_c,
+            "the mean of one run is itself"
+        );
+
         // The averaged state stays attached to the run's parameters: one more step from it
         // differs from the same step with a fresh optimizer.
         let grads_of = |m: &ImageClassifier| {

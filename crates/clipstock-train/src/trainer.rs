@@ -223,6 +223,13 @@ pub fn train(spec: &RunSpec, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
 }
 
 fn check_supported(spec: &RunSpec) -> Result<()> {
+    if !spec.run.devices.is_empty() && spec.run.devices.len() != spec.run.seeds.len() {
+        return Err(TrainError::Plan(format!(
+            "run.devices has {} entries but run.seeds has {}: give one device per run",
+            spec.run.devices.len(),
+            spec.run.seeds.len()
+        )));
+    }
     // Before the zero-shot head, which can take minutes.
     let ac = autocast_of(spec.optim.precision);
     if spec.run.devices.is_empty() {
@@ -230,13 +237,6 @@ fn check_supported(spec: &RunSpec) -> Result<()> {
     }
     for (i, d) in spec.run.devices.iter().enumerate() {
         check_precision(spec, ac, d, &format!("run.devices[{i}]"))?;
-    }
-    if !spec.run.devices.is_empty() && spec.run.devices.len() != spec.run.seeds.len() {
-        return Err(TrainError::Plan(format!(
-            "run.devices has {} entries but run.seeds has {}: give one device per run",
-            spec.run.devices.len(),
-            spec.run.seeds.len()
-        )));
     }
     Ok(())
 }
@@ -312,12 +312,11 @@ fn autocast_of(precision: Precision) -> Autocast {
     }
 }
 
-/// Refuses a reduced precision the device cannot compute in (ndarray; wgpu without
-/// `shader-f16`, and bf16 on wgpu at all) instead of failing or computing garbage mid-run.
-/// Returns whether it is a CPU device, where the reduced type buys nothing.
-fn check_precision(spec: &RunSpec, ac: Autocast, name: &str, key: &str) -> Result<bool> {
+/// Refuses a reduced precision the device reports no arithmetic for (ndarray; on wgpu it
+/// depends on the adapter) instead of failing or computing garbage mid-run.
+fn check_precision(spec: &RunSpec, ac: Autocast, name: &str, key: &str) -> Result<()> {
     let Some(dtype) = ac.dtype() else {
-        return Ok(false);
+        return Ok(());
     };
     let device_spec = parse_device_spec(name, key)?;
     if !device_spec.device()?.supports_dtype(dtype) {
@@ -328,7 +327,7 @@ fn check_precision(spec: &RunSpec, ac: Autocast, name: &str, key: &str) -> Resul
             precision_name(spec.optim.precision)
         )));
     }
-    Ok(matches!(device_spec, DeviceSpec::Cpu | DeviceSpec::Flex))
+    Ok(())
 }
 
 fn precision_name(p: Precision) -> &'static str {
@@ -410,11 +409,13 @@ impl<'a> Trainer<'a> {
             let device = match spec.run.devices.get(i) {
                 Some(d) => {
                     let key = format!("run.devices[{i}]");
-                    on_cpu |= check_precision(spec, autocast, d, &key)?;
-                    parse_device(d, &key)?
+                    let ds = parse_device_spec(d, &key)?;
+                    on_cpu |= matches!(ds, DeviceSpec::Cpu | DeviceSpec::Flex);
+                    ds.device()?
                 }
                 None => {
-                    on_cpu |= check_precision(spec, autocast, &spec.run.device, "run.device")?;
+                    let ds = parse_device_spec(&spec.run.device, "run.device")?;
+                    on_cpu |= matches!(ds, DeviceSpec::Cpu | DeviceSpec::Flex);
                     eval_device.clone()
                 }
             };
@@ -428,7 +429,7 @@ impl<'a> Trainer<'a> {
             });
         }
 
-        if on_cpu {
+        if on_cpu && autocast.dtype().is_some() {
             tracing::warn!(
                 "optim.precision = \"{}\" on the CPU: flex gains nothing from 16-bit matmuls \
                  (bf16 is computed through f32, f16 by a slower half-precision GEMM); use it to \
@@ -626,7 +627,18 @@ impl<'a> Trainer<'a> {
                     {
                         let seed = self.runs[i].seed;
                         let _span = info_span!("run", run = i + 1, seed).entered();
-                        self.apply_scaled(i, q, grads, lr);
+                        let max_norm = spec.optim.grad_clip_norm;
+                        if let Some(ls) = self.state.loss_scales.get_mut(i) {
+                            Self::apply_scaled(
+                                &mut self.runs[i],
+                                ls,
+                                &self.eval_base,
+                                q,
+                                grads,
+                                lr,
+                                max_norm,
+                            );
+                        }
                     }
                 }
                 let mut losses = Vec::with_capacity(self.runs.len());
@@ -841,13 +853,15 @@ impl<'a> Trainer<'a> {
             micro_batches: micro_done,
             images,
         };
-        if loss_scale.is_some() {
+        if let Some(ls) = self.state.loss_scales.get_mut(i) {
             if spec.run.devices.is_empty() {
-                self.apply_scaled(i, &mut q, grads, lr);
+                let max_norm = spec.optim.grad_clip_norm;
+                Self::apply_scaled(run, ls, &self.eval_base, &mut q, grads, lr, max_norm);
             } else {
-                // Every run on its own device: read this norm only after the other runs'
-                // backward passes are queued, so the devices keep computing meanwhile. (On one
-                // device that would only keep a second set of gradients alive.)
+                // Runs on the devices the user gave them (`run.devices`): read this norm only
+                // after the other runs' backward passes are queued, so the devices keep
+                // computing meanwhile. On the shared device that would only keep more
+                // gradient sets alive at once.
                 q.pending = Some(grads);
             }
             return Ok(Some(q));
@@ -863,19 +877,23 @@ impl<'a> Trainer<'a> {
     /// The f16 half of a step: whether the update may be applied depends on the gradients, so
     /// their (scaled) norm is read back here — the price of f16, GradScaler syncs at the same
     /// point. Finite: unscale and clip in one multiplication, then AdamW. Not finite: skip.
-    /// Either way the loss scale is updated.
-    fn apply_scaled(&mut self, i: usize, q: &mut QueuedStep, mut grads: GradientsParams, lr: f64) {
-        let max_norm = self.spec.optim.grad_clip_norm;
-        let run = &mut self.runs[i];
-        let Some(ls) = self.state.loss_scales.get_mut(i) else {
-            return;
-        };
+    /// Either way the loss scale is updated. (`placeholder` fills the run's slot while AdamW
+    /// owns its module.)
+    fn apply_scaled(
+        run: &mut Run,
+        ls: &mut LossScale,
+        placeholder: &ImageClassifier,
+        q: &mut QueuedStep,
+        mut grads: GradientsParams,
+        lr: f64,
+        max_norm: Option<f64>,
+    ) {
         let scaled = q.norm.take().map_or(0.0, scalar);
         let finite = scaled.is_finite();
         q.norm_read = Some(scaled / ls.scale);
         if finite {
             scale_grads(&run.model, &mut grads, ls.unscale_factor(scaled, max_norm));
-            let model = std::mem::replace(&mut run.model, self.eval_base.clone());
+            let model = std::mem::replace(&mut run.model, placeholder.clone());
             run.model = run.optim.step(lr, model, grads);
         } else {
             q.skipped = true;

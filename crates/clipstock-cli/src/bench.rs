@@ -14,8 +14,8 @@ use clap::{Args, ValueEnum};
 
 use clipstock_merge::{MergeOptions, Method, TensorRef};
 use clipstock_model::load::{apply_state, module_state};
-use clipstock_model::model::{Autocast, ClipLinear, ImageClassifier, Init, ParamSource};
-use clipstock_model::{ClipArch, ClipModel, DType, DeviceSpec, HostTensor, StateDict};
+use clipstock_model::model::{Autocast, ImageClassifier, Init};
+use clipstock_model::{ClipArch, DType, DeviceSpec, HostTensor, StateDict};
 use clipstock_train::state_refs;
 
 #[derive(Args)]
@@ -246,14 +246,7 @@ fn load_average() -> Option<f64> {
 }
 
 fn random_classifier(arch: &ClipArch, seed: u64, device: &Device) -> ImageClassifier {
-    let mut src = ParamSource::random(seed, device);
-    let model = ClipModel::build(arch, &mut src);
-    let classification_head =
-        ClipLinear::new(arch.embed_dim, 1000, &mut src, "classification_head");
-    ImageClassifier {
-        model,
-        classification_head,
-    }
+    ImageClassifier::random(arch, 1000, seed, device)
 }
 
 fn images(arch: &ClipArch, batch: usize, device: &Device) -> Tensor<4> {

@@ -459,6 +459,19 @@ pub struct ImageClassifier {
 }
 
 impl ImageClassifier {
+    /// A randomly initialised classifier: `arch`'s towers, then a `[num_classes, embed]` head
+    /// from the same seeded stream (benchmarks and tests).
+    pub fn random(arch: &ClipArch, num_classes: usize, seed: u64, device: &Device) -> Self {
+        let mut src = ParamSource::random(seed, device);
+        let model = ClipModel::build(arch, &mut src);
+        let classification_head =
+            ClipLinear::new(arch.embed_dim, num_classes, &mut src, "classification_head");
+        ImageClassifier {
+            model,
+            classification_head,
+        }
+    }
+
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_with(images, Autocast::OFF)
     }

@@ -7,8 +7,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use clipstock_model::load::{apply_state, module_state};
-use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
-use clipstock_model::{ClipArch, ClipModel, DeviceSpec, HostTensor, StateDict};
+use clipstock_model::model::{ImageClassifier, Init};
+use clipstock_model::{ClipArch, DeviceSpec, HostTensor, StateDict};
 
 fn tiny_arch() -> ClipArch {
     ClipArch {
@@ -26,14 +26,7 @@ fn tiny_arch() -> ClipArch {
 }
 
 fn classifier(seed: u64, device: &Device) -> ImageClassifier {
-    let arch = tiny_arch();
-    let mut src = ParamSource::random(seed, device);
-    let model = ClipModel::build(&arch, &mut src);
-    let classification_head = ClipLinear::new(8, 3, &mut src, "classification_head");
-    ImageClassifier {
-        model,
-        classification_head,
-    }
+    ImageClassifier::random(&tiny_arch(), 3, seed, device)
 }
 
 fn batch(device: &Device) -> (Tensor<4>, Tensor<1, Int>) {

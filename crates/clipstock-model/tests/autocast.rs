@@ -8,8 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use clipstock_model::ClipArch;
-use clipstock_model::ClipModel;
-use clipstock_model::model::{Autocast, ClipLinear, ImageClassifier, Init, ParamSource};
+use clipstock_model::model::{Autocast, ImageClassifier, Init};
 
 fn tiny_classifier(device: &Device) -> ImageClassifier {
     let arch = ClipArch {
@@ -24,13 +23,7 @@ fn tiny_classifier(device: &Device) -> ImageClassifier {
         },
         text: None,
     };
-    let mut src = ParamSource::random(7, device);
-    let model = ClipModel::build(&arch, &mut src);
-    let classification_head = ClipLinear::new(16, 5, &mut src, "classification_head");
-    ImageClassifier {
-        model,
-        classification_head,
-    }
+    ImageClassifier::random(&arch, 5, 7, device)
 }
 
 fn images(device: &Device) -> Tensor<4> {

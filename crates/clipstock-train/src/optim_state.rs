@@ -161,8 +161,8 @@ pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()>
 mod tests {
     use super::*;
     use burn::optim::{AdamWConfig, GradientsParams};
-    use clipstock_model::model::{ClipLinear, ImageClassifier, Init, ParamSource};
-    use clipstock_model::{ClipArch, ClipModel};
+    use clipstock_model::ClipArch;
+    use clipstock_model::model::{ImageClassifier, Init};
 
     fn classifier(seed: u64, device: &Device) -> ImageClassifier {
         let arch = ClipArch {
@@ -177,13 +177,7 @@ mod tests {
             },
             text: None,
         };
-        let mut src = ParamSource::random(seed, device);
-        let model = ClipModel::build(&arch, &mut src);
-        let classification_head = ClipLinear::new(8, 3, &mut src, "classification_head");
-        ImageClassifier {
-            model,
-            classification_head,
-        }
+        ImageClassifier::random(&arch, 3, seed, device)
     }
 
     fn stepped(seed: u64, device: &Device) -> (ImageClassifier, ModuleOptimizer) {

@@ -12,15 +12,8 @@ use std::process::Output;
 
 use serde_json::Value;
 
-const SETS: [&str; 6] = [
-    "imagenet",
-    "imagenet_v2",
-    "imagenet_sketch",
-    "imagenet_r",
-    "imagenet_a",
-    "objectnet",
-];
-const ALL_SETS: &str = "imagenet,imagenet_v2,imagenet_sketch,imagenet_r,imagenet_a,objectnet";
+use clipstock_config::EVAL_SETS as SETS;
+
 /// The tree `scripts/make_eval_fixtures.py` computed its expectations on.
 const IMAGES_PER_CLASS: &str = "4";
 const SIZE: &str = "48";
@@ -146,7 +139,7 @@ fn eval_agrees_with_open_clip_on_the_fixture_tree() {
          rerun scripts/make_eval_fixtures.py"
     );
 
-    let (out, results, preds) = eval(dir.path(), &data, ALL_SETS);
+    let (out, results, preds) = eval(dir.path(), &data, &SETS.join(","));
     assert_ok(&out);
 
     // Per image: clipstock against open_clip.
@@ -344,7 +337,7 @@ fn corrupt_jpeg_is_skipped_counted_and_named() {
         .filter(|e| e["set"] == set && e["corrupt"].as_bool() != Some(true))
         .count();
 
-    let (out, results, preds) = eval(dir.path(), &data, ALL_SETS);
+    let (out, results, preds) = eval(dir.path(), &data, &SETS.join(","));
     assert_ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

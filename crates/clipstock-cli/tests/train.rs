@@ -115,14 +115,7 @@ fn quickstart_runs_end_to_end() {
         .collect();
     assert_eq!(evals.len(), 2, "one merged evaluation per epoch");
     let last = &evals[1]["results"];
-    for set in [
-        "imagenet",
-        "imagenet_v2",
-        "imagenet_sketch",
-        "imagenet_r",
-        "imagenet_a",
-        "objectnet",
-    ] {
+    for set in clipstock_config::EVAL_SETS {
         let count = last[set]["count"].as_u64().expect("count");
         assert!(count > 0 && count <= 24, "{set}: {count}");
         let c1 = last[set]["correct1"].as_u64().expect("correct1");
@@ -206,6 +199,53 @@ fn wait_for_step(metrics: &Path, global_step: u64, child: &mut std::process::Chi
     }
 }
 
+/// Starts `clipstock` with `args` from the repository root, quiet unless RUST_LOG says more.
+fn spawn_clipstock(args: &[String], stdout: Stdio, stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_clipstock"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn")
+}
+
+/// Ctrl-C, as a terminal sends it.
+fn sigint(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+}
+
+/// Runs `args`, sends Ctrl-C as soon as a stderr line contains `marker` (`what` names the
+/// awaited moment if the process ends first), and asserts a clean exit.
+fn ctrl_c_at_line(args: &[String], marker: &str, what: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut child = spawn_clipstock(args, Stdio::piped(), Stdio::piped());
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().expect(what).expect("utf-8");
+        if line.contains(marker) {
+            break;
+        }
+    }
+    sigint(&child);
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "exit {}: {rest:?}", out.status);
+}
+
+/// The trainer state of the last complete checkpoint of run directory `run`.
+fn latest_state(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("checkpoints/latest.json"))
+        .expect("a complete checkpoint");
+    serde_json::from_str(&text).expect("json")
+}
+
 #[test]
 fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -223,23 +263,15 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
 
     // Killed in epoch 2, after the epoch-1 checkpoint.
     let args = small_quickstart(tmp.path(), "killed", &extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(&args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_clipstock(&args, Stdio::null(), Stdio::null());
     wait_for_step(&tmp.path().join("killed/metrics.jsonl"), 15, &mut child);
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let latest = std::fs::read_to_string(tmp.path().join("killed/checkpoints/latest.json"))
-        .expect("a complete checkpoint survives the kill");
-    let state: serde_json::Value = serde_json::from_str(&latest).expect("json");
+    // A complete checkpoint survives the kill.
+    let state = latest_state(&tmp.path().join("killed"));
     assert!(
         state["finished"] == false && state["epoch"].as_u64() >= Some(1),
-        "the kill must land between the first checkpoint and the end: {latest}"
+        "the kill must land between the first checkpoint and the end: {state}"
     );
 
     let mut resume = args.clone();
@@ -274,20 +306,9 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     // Ctrl-C (SIGINT) in the middle of epoch 1: a checkpoint at that very step, a clean exit,
     // and a resume from the middle of the epoch that still ends bitwise equal.
     let args = small_quickstart(tmp.path(), "interrupted", &extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(&args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_clipstock(&args, Stdio::piped(), Stdio::null());
     wait_for_step(&tmp.path().join("interrupted/metrics.jsonl"), 3, &mut child);
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(sent.success());
+    sigint(&child);
     let out = child.wait_with_output().expect("wait");
     assert!(
         out.status.success(),
@@ -295,11 +316,7 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
         out.status
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("stopped early"));
-    let latest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("interrupted/checkpoints/latest.json"))
-            .expect("latest"),
-    )
-    .expect("json");
+    let latest = latest_state(&tmp.path().join("interrupted"));
     let pos = latest["step_in_epoch"].as_u64().expect("position");
     // Saved at the step the signal arrived, mid-epoch: resuming must restart the data order
     // there, not at an epoch boundary.
@@ -326,7 +343,6 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
 
 #[test]
 fn ctrl_c_during_an_evaluation_checkpoints_and_the_resume_redoes_it() {
-    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().expect("tempdir");
     // Whole evaluation sets one image at a time: the zero-shot evaluation lasts long enough
     // to be interrupted.
@@ -343,38 +359,12 @@ fn ctrl_c_during_an_evaluation_checkpoints_and_the_resume_redoes_it() {
     )));
 
     let args = small_quickstart(tmp.path(), "interrupted", &extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(&args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("the zero-shot evaluation starts")
-            .expect("utf-8");
-        if line.contains("eval zero-shot · imagenet_v2") {
-            break;
-        }
-    }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(sent.success());
-    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "exit {}: {rest:?}", out.status);
-    let latest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("interrupted/checkpoints/latest.json"))
-            .expect("latest"),
-    )
-    .expect("json");
+    ctrl_c_at_line(
+        &args,
+        "eval zero-shot · imagenet_v2",
+        "the zero-shot evaluation starts",
+    );
+    let latest = latest_state(&tmp.path().join("interrupted"));
     assert_eq!(latest["global_step"], 0, "{latest}");
     assert_eq!(
         latest["evals"].as_array().map(Vec::len),
@@ -415,11 +405,8 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
         ],
     ));
     assert_fails_with(&out, &["not finite", "seed"]);
-    let latest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("nan/checkpoints/latest.json"))
-            .expect("the last good checkpoint is kept"),
-    )
-    .expect("json");
+    // The last good checkpoint is kept.
+    let latest = latest_state(&tmp.path().join("nan"));
     // The good checkpoint is the one from before the diverging steps.
     assert_eq!(latest["global_step"], 0, "{latest}");
     let dir = tmp
@@ -633,10 +620,7 @@ fn bf16_and_f16_train_with_f32_master_weights_and_f16_scales_its_loss() {
         assert!((a - b).abs() < 0.05, "f32 {a} vs f16 {b}");
     }
     // The loss scale is part of the checkpoint, so a resume continues with it.
-    let latest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("f16/checkpoints/latest.json")).expect("latest"),
-    )
-    .expect("json");
+    let latest = latest_state(&tmp.path().join("f16"));
     assert_eq!(
         latest["loss_scales"].as_array().map(Vec::len),
         Some(2),
@@ -654,7 +638,6 @@ fn bf16_and_f16_train_with_f32_master_weights_and_f16_scales_its_loss() {
 
 #[test]
 fn ctrl_c_during_the_merged_evaluation_resumes_without_merging_again() {
-    use std::io::{BufRead, BufReader};
     let tmp = tempfile::tempdir().expect("tempdir");
     // Two epochs with evaluations after each; interrupted while the first merge is scored,
     // when the runs already continue from it: redoing the runs' evaluations or the merge on
@@ -672,38 +655,12 @@ fn ctrl_c_during_the_merged_evaluation_resumes_without_merging_again() {
     )));
 
     let args = small_quickstart(tmp.path(), "interrupted", &extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clipstock"))
-        .args(&args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("the merged model's evaluation starts")
-            .expect("utf-8");
-        if line.contains("eval merged · imagenet_v2") {
-            break;
-        }
-    }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(sent.success());
-    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "exit {}: {rest:?}", out.status);
-    let latest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("interrupted/checkpoints/latest.json"))
-            .expect("latest"),
-    )
-    .expect("json");
+    ctrl_c_at_line(
+        &args,
+        "eval merged · imagenet_v2",
+        "the merged model's evaluation starts",
+    );
+    let latest = latest_state(&tmp.path().join("interrupted"));
     assert_eq!(latest["epoch"], 0, "{latest}");
     assert_eq!(latest["epoch_end_merged"], true, "{latest}");
     let models: Vec<&str> = latest["evals"]

@@ -9,9 +9,10 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 
+use clipstock_config::Precision;
 use clipstock_merge::{MergeOptions, Method, TensorRef};
 use clipstock_model::load::{apply_state, module_state};
 use clipstock_model::model::{Autocast, ImageClassifier, Init};
@@ -39,26 +40,10 @@ pub struct BenchArgs {
     /// Model Stock) on the model's weights in memory; `all` is the three.
     #[arg(long, value_enum, default_value = "both")]
     what: What,
-    /// Matmul precision of the eval and train rows (as `optim.precision`; parameters stay f32).
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: BenchPrecision,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BenchPrecision {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl BenchPrecision {
-    fn autocast(self) -> Autocast {
-        match self {
-            BenchPrecision::F32 => Autocast::OFF,
-            BenchPrecision::Bf16 => Autocast::to(FloatDType::BF16),
-            BenchPrecision::F16 => Autocast::to(FloatDType::F16),
-        }
-    }
+    /// Matmul precision of the eval and train rows: f32, bf16 or f16 (as `optim.precision`;
+    /// parameters stay f32).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,11 +104,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // The classifier never runs the text tower; leaving it out matches training memory.
     arch.text = None;
     let iters = a.iters.max(1);
-    let ac = a.precision.autocast();
+    let ac = clipstock_train::autocast_of(a.precision);
     let (eval_label, train_label) = match a.precision {
-        BenchPrecision::F32 => ("eval forward", "train step (AdamW)"),
-        BenchPrecision::Bf16 => ("eval forward (bf16)", "train step (AdamW, bf16)"),
-        BenchPrecision::F16 => ("eval forward (f16)", "train step (AdamW, f16)"),
+        Precision::F32 => ("eval forward", "train step (AdamW)"),
+        Precision::Bf16 => ("eval forward (bf16)", "train step (AdamW, bf16)"),
+        Precision::F16 => ("eval forward (f16)", "train step (AdamW, f16)"),
     };
     let mut rows = Vec::new();
     // Each closure returns per-iteration seconds; `measure` wraps it with the row's peak RSS.

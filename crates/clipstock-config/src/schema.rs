@@ -192,6 +192,29 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The config spelling (`optim.precision`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The config spelling, for command-line flags that take the same values.
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Precision::F32, Precision::Bf16, Precision::F16]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}`: expected f32, bf16 or f16"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MergeSection {

@@ -711,3 +711,13 @@ fn override_keys_match_the_schema() {
     keys.sort();
     assert_eq!(leaves, keys);
 }
+
+#[test]
+fn precision_names_are_the_config_spellings_and_parse_back() {
+    for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+        let s = parse(&with(&format!("[optim]\nprecision = \"{}\"\n", p.name()))).expect("config");
+        assert_eq!(s.optim.precision, p);
+        assert_eq!(p.name().parse::<Precision>(), Ok(p));
+    }
+    assert!("fp16".parse::<Precision>().is_err());
+}

@@ -26,6 +26,6 @@ mod trainer;
 pub use error::{Result, TrainError};
 pub use rundir::{EpochRow, TrainerState};
 pub use trainer::{
-    Event, Observer, Outcome, Quiet, TrainOptions, build_w0, class_files, run_dir_models,
-    state_refs, train,
+    Event, Observer, Outcome, Quiet, TrainOptions, autocast_of, build_w0, class_files,
+    run_dir_models, state_refs, train,
 };

@@ -304,7 +304,7 @@ fn parse_device_spec(s: &str, key: &str) -> Result<DeviceSpec> {
 }
 
 /// The matmul precision of `optim.precision`.
-fn autocast_of(precision: Precision) -> Autocast {
+pub fn autocast_of(precision: Precision) -> Autocast {
     match precision {
         Precision::F32 => Autocast::OFF,
         Precision::F16 => Autocast::to(FloatDType::F16),
@@ -324,18 +324,10 @@ fn check_precision(spec: &RunSpec, ac: Autocast, name: &str, key: &str) -> Resul
             "optim.precision = \"{}\": {key} = \"{name}\" reports no {dtype:?} arithmetic; use \
              \"f32\" there, or a device that has it (flex on the CPU; CUDA; wgpu where the \
              adapter supports the type, e.g. f16 with shader-f16)",
-            precision_name(spec.optim.precision)
+            spec.optim.precision.name()
         )));
     }
     Ok(())
-}
-
-fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::F32 => "f32",
-        Precision::F16 => "f16",
-        Precision::Bf16 => "bf16",
-    }
 }
 
 /// A cancelled evaluation is a stop request, not an evaluation failure.
@@ -434,7 +426,7 @@ impl<'a> Trainer<'a> {
                 "optim.precision = \"{}\" on the CPU: flex gains nothing from 16-bit matmuls \
                  (bf16 is computed through f32, f16 by a slower half-precision GEMM); use it to \
                  try a GPU config, not for speed",
-                precision_name(spec.optim.precision)
+                spec.optim.precision.name()
             );
         }
 

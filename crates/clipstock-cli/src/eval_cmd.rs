@@ -74,23 +74,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut limit_per_set = a.limit_per_set;
     let mut border_crop = a.objectnet_border_crop;
     let mut size_check = !a.no_size_check;
-    let (models, data_root, class_files, mut sets_wanted, run_out) = match &a.run {
+    let (models, data_root, class_files, mut sets_wanted, run_reader) = match &a.run {
         Some(run_dir) => {
-            let cfg = run_dir.join("config.toml");
-            let spec = clipstock_config::load(&cfg, &[])
-                .with_context(|| format!("reading the run's config `{}`", cfg.display()))?;
-            if spec.run_dir() != *run_dir {
-                tracing::info!(
-                    "config names run directory {}; evaluating {}",
-                    spec.run_dir().display(),
-                    run_dir.display()
-                );
-            }
-            let mut spec = spec;
-            if let (Some(parent), Some(name)) = (run_dir.parent(), run_dir.file_name()) {
-                spec.run.output_dir = parent.to_path_buf();
-                spec.run.name = name.to_string_lossy().to_string();
-            }
+            let reader = clipstock_train::RunReader::open(run_dir)?;
+            let spec = &reader.spec;
             if a.class_dir.is_some() || a.head.is_some() || a.classnames.is_some() {
                 bail!(
                     "--class-dir, --head and --classnames do not apply with --run: the run's \
@@ -101,16 +88,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
             border_crop |= spec.eval.objectnet_border_crop;
             size_check &= spec.eval.expect_published_sizes;
             eprintln!("loading the models of {}", run_dir.display());
-            let models = clipstock_train::run_dir_models(&spec, &device, &mut Quiet)?;
+            let models = reader.models(&device, &mut Quiet)?;
             let root = a.data_root.clone().unwrap_or(spec.data.root.clone());
-            let files = clipstock_train::class_files(&spec);
-            (
-                models,
-                root,
-                files,
-                spec.eval.sets.clone(),
-                Some(run_dir.join("eval.json")),
-            )
+            let files = clipstock_train::class_files(spec);
+            let sets = spec.eval.sets.clone();
+            (models, root, files, sets, Some(reader))
         }
         None => {
             let Some(weights) = &a.weights else {
@@ -252,10 +234,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         serde_json::Value::Object(map)
     };
-    if let Some(out) = a.out.clone().or(run_out) {
-        let text = serde_json::to_string_pretty(&json)?;
-        clipstock_model::state::write_atomic(&out, text.as_bytes())?;
-        eprintln!("results: {}", out.display());
+    match (&a.out, &run_reader) {
+        (Some(out), _) => {
+            let text = serde_json::to_string_pretty(&json)?;
+            clipstock_model::state::write_atomic(out, text.as_bytes())?;
+            eprintln!("results: {}", out.display());
+        }
+        (None, Some(reader)) => {
+            let out = reader.write_eval(&all)?;
+            eprintln!("results: {}", out.display());
+        }
+        (None, None) => {}
     }
     let rows: Vec<(String, &EvalResults)> = all.iter().map(|(l, r)| (l.clone(), r)).collect();
     println!("{}", clipstock_eval::markdown_table(&rows));

@@ -30,7 +30,7 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let spec = clipstock_config::load(&a.config, &a.set)?;
-    let run_dir = spec.run_dir();
+    let plan = clipstock_train::RunPlan::resolve(&spec)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -52,10 +52,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         stop,
     };
     let mut obs = Progress::new(spec.run.seeds.len(), spec.run.log_every_steps);
-    // train.log starts once the run directory exists: the trainer creates it, then the first
-    // event arrives, and the observer opens the log there.
-    obs.log_target = Some(run_dir.join("train.log"));
-    let outcome = clipstock_train::train(&spec, &opts, &mut obs);
+    let outcome = clipstock_train::train(&plan, &opts, &mut obs);
     obs.clear();
     let outcome = match outcome {
         Err(e @ clipstock_train::TrainError::InterruptedBeforeStart { .. }) => {
@@ -87,7 +84,6 @@ pub struct Progress {
     bars: MultiProgress,
     epoch_bar: Option<ProgressBar>,
     eval_bar: Option<ProgressBar>,
-    log_target: Option<PathBuf>,
     started: Instant,
 }
 
@@ -100,7 +96,6 @@ impl Progress {
             bars: MultiProgress::new(),
             epoch_bar: None,
             eval_bar: None,
-            log_target: None,
             started: Instant::now(),
         }
     }
@@ -139,14 +134,11 @@ impl Progress {
 
 impl Observer for Progress {
     fn on(&mut self, event: Event) {
-        if let Some(p) = self.log_target.take() {
-            if p.parent().is_some_and(|d| d.is_dir()) {
-                logfile::open(&p);
-            } else {
-                self.log_target = Some(p);
-            }
-        }
         match event {
+            // The trainer's own tracing lines go into the run directory's log from here on.
+            Event::Started { run_dir } => {
+                logfile::open(&run_dir.join(clipstock_train::rundir::TRAIN_LOG))
+            }
             Event::Phase(msg) => self.line(&msg),
             Event::EpochStart {
                 epoch,
@@ -211,16 +203,26 @@ impl Observer for Progress {
                     b.set_position(done as u64);
                 }
             }
-            Event::EvalDone { model, table_row } => {
+            Event::EvalDone { model, results } => {
                 if let Some(b) = self.eval_bar.take() {
                     b.finish_and_clear();
                 }
-                let row = table_row.lines().nth(2).unwrap_or("").to_string();
+                let row = clipstock_eval::markdown_row(&model, &results);
                 self.line(&format!("eval {model}: {row}"));
             }
-            Event::Merged { epoch, summary } => {
-                let first = summary.lines().next().unwrap_or("").to_string();
-                self.line(&format!("merge after epoch {epoch}: {first}"));
+            Event::Merged { epoch, summary: sm } => {
+                let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into());
+                self.line(&format!(
+                    "merge after epoch {epoch}: {} of {} runs, {} tensors merged, t min {} / mean \
+                     {} / max {}, {} with cos ≤ 0",
+                    sm.method,
+                    sm.n_models,
+                    sm.merged,
+                    f(sm.t_min),
+                    f(sm.t_mean),
+                    f(sm.t_max),
+                    sm.cos_le_zero
+                ));
             }
             Event::Checkpoint(p) => {
                 tracing::info!("checkpoint {}", p.display());

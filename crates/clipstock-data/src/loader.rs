@@ -44,6 +44,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch made outside a loader (benchmarks, tests): `images` is `[len, 3, size, size]`.
+    pub fn from_parts(images: Vec<f32>, labels: Vec<usize>, size: u32) -> Batch {
+        Batch {
+            images,
+            sample_indices: (0..labels.len()).collect(),
+            labels,
+            size,
+            skipped: Vec::new(),
+            recycle: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

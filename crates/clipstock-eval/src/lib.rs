@@ -19,7 +19,7 @@ use clipstock_data::preprocess::{DecodeLimits, EvalTransform, Transform};
 use clipstock_model::ImageClassifier;
 
 pub use error::EvalError;
-pub use results::{EvalResults, Prediction, SetResult, markdown_table};
+pub use results::{EvalResults, Prediction, SetResult, markdown_row, markdown_table};
 
 /// How batches are built and reported.
 #[derive(Debug, Clone)]

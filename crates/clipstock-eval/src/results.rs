@@ -1,11 +1,11 @@
 //! Results of an evaluation: per-set accuracies, the OOD mean, JSON and the paper's table.
 
 use clipstock_data::layouts::SetName;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// Accuracy of one model on one set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SetResult {
     pub set: SetName,
     /// Top-1 accuracy in percent.
@@ -35,9 +35,35 @@ pub struct Prediction {
 }
 
 /// Results of one model on several sets.
-#[derive(Debug, Clone)]
+///
+/// Serialized as the results JSON of [`EvalResults::to_json`] (one object per set under its
+/// key, plus the OOD mean) and read back from it without loss, so a run directory's records
+/// and `eval.json` are the same type the evaluator returns.
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvalResults {
     pub sets: Vec<SetResult>,
+}
+
+/// One set's entry in the results JSON.
+#[derive(Serialize, Deserialize)]
+struct SetEntry {
+    top1: f64,
+    top5: f64,
+    correct1: usize,
+    correct5: usize,
+    count: usize,
+    /// Redundant with `skipped_files` (kept: scripts read the count).
+    skipped: usize,
+    skipped_files: Vec<SkippedFile>,
+    num_labels: usize,
+    seconds: f64,
+    images_per_sec: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SkippedFile {
+    path: String,
+    reason: String,
 }
 
 impl EvalResults {
@@ -73,20 +99,29 @@ impl EvalResults {
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
         for r in &self.sets {
+            let entry = SetEntry {
+                top1: r.top1,
+                top5: r.top5,
+                correct1: r.correct1,
+                correct5: r.correct5,
+                count: r.count,
+                skipped: r.skipped.len(),
+                skipped_files: r
+                    .skipped
+                    .iter()
+                    .map(|(path, reason)| SkippedFile {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+                num_labels: r.num_labels,
+                seconds: r.seconds,
+                images_per_sec: r.images_per_sec,
+            };
+            // A struct of numbers and strings always converts.
             map.insert(
                 r.set.key().to_string(),
-                json!({
-                    "top1": r.top1,
-                    "top5": r.top5,
-                    "correct1": r.correct1,
-                    "correct5": r.correct5,
-                    "count": r.count,
-                    "skipped": r.skipped.len(),
-                    "skipped_files": r.skipped.iter().map(|(p, why)| json!({"path": p, "reason": why})).collect::<Vec<_>>(),
-                    "num_labels": r.num_labels,
-                    "seconds": r.seconds,
-                    "images_per_sec": r.images_per_sec,
-                }),
+                serde_json::to_value(entry).unwrap_or(Value::Null),
             );
         }
         match self.ood_mean() {
@@ -109,6 +144,61 @@ impl EvalResults {
         }
         Value::Object(map)
     }
+
+    /// Reads the results JSON back (the derived `ood_*` fields are recomputed, not read).
+    pub fn from_json(v: &Value) -> Result<Self, serde_json::Error> {
+        use serde::de::Error;
+        let map = v
+            .as_object()
+            .ok_or_else(|| serde_json::Error::custom("results: expected an object"))?;
+        let mut sets = Vec::new();
+        for name in SetName::ALL {
+            let Some(entry) = map.get(name.key()) else {
+                continue;
+            };
+            let e: SetEntry = serde_json::from_value(entry.clone())
+                .map_err(|err| serde_json::Error::custom(format!("{}: {err}", name.key())))?;
+            sets.push(SetResult {
+                set: name,
+                top1: e.top1,
+                top5: e.top5,
+                correct1: e.correct1,
+                correct5: e.correct5,
+                count: e.count,
+                skipped: e
+                    .skipped_files
+                    .into_iter()
+                    .map(|f| (f.path, f.reason))
+                    .collect(),
+                num_labels: e.num_labels,
+                seconds: e.seconds,
+                images_per_sec: e.images_per_sec,
+            });
+        }
+        Ok(EvalResults { sets })
+    }
+}
+
+impl Serialize for EvalResults {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EvalResults {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        EvalResults::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The data row that [`markdown_table`] gives `results` when it is the only row.
+pub fn markdown_row(label: &str, results: &EvalResults) -> String {
+    markdown_table(&[(label.to_string(), results)])
+        .lines()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A Markdown table in the paper's column order (ImageNet, V2, Sketch, R, ObjectNet, A, then
@@ -195,6 +285,24 @@ mod tests {
             EvalResults::new(vec![result(SetName::ImageNet, 1.0)])
                 .ood_mean()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn results_json_round_trips_without_loss() {
+        let mut a = result(SetName::ImageNetA, 12.5);
+        a.skipped = vec![("x/1.jpg".into(), "truncated".into())];
+        let r = EvalResults::new(vec![result(SetName::ImageNet, 80.0), a]);
+        let text = serde_json::to_string(&r).expect("serialize");
+        let back: EvalResults = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, r);
+        assert_eq!(serde_json::to_value(&back).expect("value"), r.to_json());
+        assert_eq!(
+            markdown_row("m", &r),
+            markdown_table(&[("m".into(), &r)])
+                .lines()
+                .nth(2)
+                .expect("row")
         );
     }
 

@@ -323,7 +323,13 @@ impl ModuleMapper for Applier<'_> {
 /// The canonical state dict of a classifier, with `model.` stripped (OpenAI keys plus
 /// `classification_head.*`), ready for [`naming::from_canonical`].
 pub fn classifier_state(classifier: &ImageClassifier) -> StateDict {
-    module_state(classifier).rename(|k| Some(k.strip_prefix("model.").unwrap_or(k).to_string()))
+    canonical_of_module_state(module_state(classifier))
+}
+
+/// A classifier's module state in canonical naming: its module tree nests the CLIP model
+/// under `model.`, which no checkpoint naming has.
+pub fn canonical_of_module_state(state: StateDict) -> StateDict {
+    state.rename(|k| Some(k.strip_prefix("model.").unwrap_or(k).to_string()))
 }
 
 /// `state` followed by `extras` (e.g. [`Checkpoint::extras`]) for a complete export.

@@ -13,6 +13,9 @@ pub enum TrainError {
     },
 
     #[error(transparent)]
+    Config(#[from] clipstock_config::ConfigError),
+
+    #[error(transparent)]
     Model(#[from] clipstock_model::ModelError),
 
     #[error(transparent)]
@@ -52,8 +55,48 @@ pub enum TrainError {
         step: u64,
     },
 
-    #[error("config: {0}")]
-    Plan(String),
+    /// `--resume` with a config that differs from the one the run was started with.
+    #[error(
+        "the config differs from the run's `{}`; resume with the same config and --set \
+         overrides (diff the two files to see what changed)",
+        stored.display()
+    )]
+    ConfigChanged { stored: PathBuf },
+
+    #[error(
+        "data.image_size = {configured}, but the model's positional embedding is for {model} px \
+         inputs; leave data.image_size unset or set it to {model}"
+    )]
+    ImageSize { configured: u32, model: u32 },
+
+    #[error(
+        "the train set has {images} images, fewer than one batch (optim.batch_size = {batch_size})"
+    )]
+    TrainSetTooSmall { images: usize, batch_size: usize },
+
+    /// The head (built from `model.classnames`, or the checkpoint's or file's) and the
+    /// dataset's class list disagree.
+    #[error("{head} has {head_classes} classes but the dataset's class list has {dataset_classes}")]
+    ClassCount {
+        head: String,
+        head_classes: usize,
+        dataset_classes: usize,
+    },
+
+    #[error(
+        "optim.precision = \"{precision}\": {key} = \"{device}\" reports no {dtype} arithmetic; \
+         use \"f32\" there, or a device that has it (flex on the CPU; CUDA; wgpu where the \
+         adapter supports the type, e.g. f16 with shader-f16)"
+    )]
+    PrecisionUnsupported {
+        precision: &'static str,
+        key: String,
+        device: String,
+        dtype: String,
+    },
+
+    #[error("averaging optimizer state: {0}")]
+    OptimizerAverage(String),
 
     /// A stop request (Ctrl-C) arrived during an evaluation; the caller checkpoints.
     #[error("interrupted")]

@@ -42,7 +42,7 @@ fn paths_of<M: Module>(module: &M) -> HashMap<u64, String> {
 }
 
 fn err(reason: String) -> TrainError {
-    TrainError::Plan(format!("averaging optimizer state: {reason}"))
+    TrainError::OptimizerAverage(reason)
 }
 
 /// One run's record, split into per-parameter tensors keyed by `(module path, field)`.

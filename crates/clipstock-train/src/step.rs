@@ -1,10 +1,253 @@
-//! One optimisation step's maths: cross-entropy with label smoothing and global-norm gradient
-//! clipping (burn's own clipping is per tensor, PyTorch's `clip_grad_norm_` is global).
+//! One optimizer step of every run: [`StepRunner`] (the trainer's step, which `clipstock
+//! bench` times too) and its maths: cross-entropy with label smoothing, global-norm gradient
+//! clipping (burn's own clipping is per tensor, PyTorch's `clip_grad_norm_` is global) and
+//! f16's dynamic loss scale.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use clipstock_data::loader::Batch;
+use clipstock_model::ImageClassifier;
+use clipstock_model::model::Autocast;
+use tracing::{info, info_span};
+
+use crate::session::Run;
+
+/// The step's settings, from `[optim]` and `run.devices`.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRunner {
+    pub autocast: Autocast,
+    pub label_smoothing: f64,
+    pub grad_clip_norm: Option<f64>,
+    /// Micro-batches per optimizer step (the loss is divided by their number).
+    pub accumulation_steps: usize,
+    /// Every run on its own device: f16's norm read-backs wait until every run's backward is
+    /// queued, so the devices keep computing meanwhile. On one shared device that would only
+    /// keep more gradient sets alive at once.
+    pub per_run_devices: bool,
+}
+
+/// What one run's step gave, read back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss over the step's micro-batches; NaN when no image of the step was readable.
+    pub loss: f64,
+    /// The global gradient norm before clipping; NaN for a skipped step.
+    pub grad_norm: f64,
+    pub images: usize,
+}
+
+/// A run whose loss or gradient norm is not finite: training must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonFinite {
+    /// 0-based run index.
+    pub run: usize,
+    pub what: &'static str,
+}
+
+/// One run's optimizer step, queued on its device and not yet read back.
+struct QueuedStep {
+    loss_sum: Tensor<1>,
+    norm: Option<Tensor<1>>,
+    /// The unscaled norm when it had to be read back already (f16 loss scaling).
+    norm_read: Option<f64>,
+    /// f16 only: the gradients overflowed, the update was not applied.
+    skipped: bool,
+    /// f16 with one device per run: gradients whose update waits for their norm, read once
+    /// every run's backward is queued.
+    pending: Option<GradientsParams>,
+    micro_batches: usize,
+    images: usize,
+}
+
+impl StepRunner {
+    /// One optimizer step of every run at learning rate `lr`: run `i` takes up to
+    /// `accumulation_steps` micro-batches from `batches[i]`. Every run's step is queued first
+    /// (forward, backward, clipping and AdamW on its device, nothing read back), then the
+    /// losses and norms are read, so runs on several devices compute at the same time.
+    /// `loss_scales` is empty except in f16 (one per run). `placeholder` fills a run's slot
+    /// while AdamW owns its module.
+    pub fn step<I: Iterator<Item = Batch>>(
+        &self,
+        runs: &mut [Run],
+        batches: &mut [I],
+        lr: f64,
+        loss_scales: &mut [LossScale],
+        placeholder: &ImageClassifier,
+    ) -> Result<Vec<StepOutcome>, NonFinite> {
+        let mut queued = Vec::with_capacity(runs.len());
+        for (i, (run, source)) in runs.iter_mut().zip(batches.iter_mut()).enumerate() {
+            let _span = info_span!("run", run = i + 1, seed = run.seed).entered();
+            queued.push(self.queue(i, run, source, lr, loss_scales.get_mut(i), placeholder));
+        }
+        for (i, q) in queued.iter_mut().enumerate() {
+            if let Some(q) = q
+                && let Some(grads) = q.pending.take()
+                && let Some(ls) = loss_scales.get_mut(i)
+            {
+                let run = &mut runs[i];
+                let _span = info_span!("run", run = i + 1, seed = run.seed).entered();
+                self.apply_scaled(run, ls, placeholder, q, grads, lr);
+            }
+        }
+        (queued.into_iter().enumerate())
+            .map(|(i, q)| match q {
+                Some(q) => finish(i, q),
+                None => Ok(StepOutcome {
+                    loss: f64::NAN,
+                    grad_norm: f64::NAN,
+                    images: 0,
+                }),
+            })
+            .collect()
+    }
+
+    /// Queues one run's step; `None` when none of its images was readable.
+    fn queue(
+        &self,
+        i: usize,
+        run: &mut Run,
+        source: &mut impl Iterator<Item = Batch>,
+        lr: f64,
+        loss_scale: Option<&mut LossScale>,
+        placeholder: &ImageClassifier,
+    ) -> Option<QueuedStep> {
+        let accum = self.accumulation_steps;
+        let scale = loss_scale.as_ref().map(|s| s.scale);
+        let mut acc = GradientsAccumulator::<ImageClassifier>::new();
+        let mut loss_sum: Option<Tensor<1>> = None;
+        let mut images = 0;
+        let mut micro_done = 0;
+        for _ in 0..accum {
+            let Some(batch) = source.next() else { break };
+            if batch.is_empty() {
+                continue;
+            }
+            let s = batch.size as usize;
+            let n = batch.len();
+            let x =
+                Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, s, s]), &run.device);
+            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &run.device);
+            let logits = run.model.forward_with(x, self.autocast);
+            let loss = cross_entropy(logits, y, self.label_smoothing);
+            let value = loss.clone().detach();
+            loss_sum = Some(match loss_sum.take() {
+                Some(t) => t + value,
+                None => value,
+            });
+            let loss = match scale {
+                Some(scale) => loss * (scale / accum as f64),
+                None => loss / accum as f64,
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), &run.model);
+            acc.accumulate(&run.model, grads);
+            images += n;
+            micro_done += 1;
+        }
+        let Some(loss_sum) = loss_sum else {
+            tracing::warn!(
+                "run {}: every image of this step was unreadable; the step is skipped",
+                i + 1
+            );
+            return None;
+        };
+        let mut grads = acc.grads();
+        let norm = grad_norm_tensor(&run.model, &grads);
+        let mut q = QueuedStep {
+            loss_sum,
+            norm,
+            norm_read: None,
+            skipped: false,
+            pending: None,
+            micro_batches: micro_done,
+            images,
+        };
+        if let Some(ls) = loss_scale {
+            if self.per_run_devices {
+                q.pending = Some(grads);
+            } else {
+                self.apply_scaled(run, ls, placeholder, &mut q, grads, lr);
+            }
+            return Some(q);
+        }
+        if let (Some(max), Some(norm)) = (self.grad_clip_norm, &q.norm) {
+            clip_grads_on_device(&run.model, &mut grads, norm, max);
+        }
+        let model = std::mem::replace(&mut run.model, placeholder.clone());
+        run.model = run.optim.step(lr, model, grads);
+        Some(q)
+    }
+
+    /// The f16 half of a step: whether the update may be applied depends on the gradients, so
+    /// their (scaled) norm is read back here — the price of f16, GradScaler syncs at the same
+    /// point. Finite: unscale and clip in one multiplication, then AdamW. Not finite: skip.
+    /// Either way the loss scale is updated.
+    fn apply_scaled(
+        &self,
+        run: &mut Run,
+        ls: &mut LossScale,
+        placeholder: &ImageClassifier,
+        q: &mut QueuedStep,
+        mut grads: GradientsParams,
+        lr: f64,
+    ) {
+        let scaled = q.norm.take().map_or(0.0, scalar);
+        let finite = scaled.is_finite();
+        q.norm_read = Some(scaled / ls.scale);
+        if finite {
+            scale_grads(
+                &run.model,
+                &mut grads,
+                ls.unscale_factor(scaled, self.grad_clip_norm),
+            );
+            let model = std::mem::replace(&mut run.model, placeholder.clone());
+            run.model = run.optim.step(lr, model, grads);
+        } else {
+            q.skipped = true;
+        }
+        ls.update(finite);
+        if !finite {
+            info!(
+                loss_scale = ls.scale,
+                "f16 gradients overflowed: step skipped, loss scale halved"
+            );
+        }
+    }
+}
+
+/// Reads back a queued step's loss and gradient norm; a non-finite one is an error (the last
+/// checkpoint predates it).
+fn finish(i: usize, q: QueuedStep) -> Result<StepOutcome, NonFinite> {
+    let loss = scalar(q.loss_sum) / q.micro_batches.max(1) as f64;
+    let norm = q.norm_read.or(q.norm.map(scalar)).unwrap_or(0.0);
+    let err = |what| NonFinite { run: i, what };
+    if !loss.is_finite() {
+        return Err(err("the loss"));
+    }
+    if q.skipped {
+        // f16 overflow: handled by the loss scale, not a divergence.
+        return Ok(StepOutcome {
+            loss,
+            grad_norm: f64::NAN,
+            images: q.images,
+        });
+    }
+    if !norm.is_finite() {
+        return Err(err("the gradient norm"));
+    }
+    Ok(StepOutcome {
+        loss,
+        grad_norm: norm,
+        images: q.images,
+    })
+}
+
+/// A one-element tensor's value (a read-back).
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data().iter::<f64>().next().unwrap_or(f64::NAN)
+}
 
 /// Mean cross-entropy of `logits` `[B, C]` against `labels` `[B]`, with PyTorch's label
 /// smoothing: `(1 − ε)·nll + ε·mean_c(−log p_c)`.

@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use clipstock_config::RunSpec;
-use clipstock_train::TrainOptions;
+use clipstock_train::{RunPlan, TrainOptions};
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The quickstart config, tiny, with absolute paths (tests do not share a working directory).
-pub fn spec(out: &Path, name: &str, extra: &[String]) -> RunSpec {
+pub fn spec(out: &Path, name: &str, extra: &[String]) -> RunPlan {
     let q = root().join("data/quickstart");
     let mut sets = vec![
         format!("run.name={name}"),
@@ -34,7 +33,9 @@ pub fn spec(out: &Path, name: &str, extra: &[String]) -> RunSpec {
         "eval.limit_per_set=8".into(),
     ];
     sets.extend_from_slice(extra);
-    clipstock_config::load(&root().join("configs/quickstart.toml"), &sets).expect("config")
+    let spec =
+        clipstock_config::load(&root().join("configs/quickstart.toml"), &sets).expect("config");
+    RunPlan::resolve(&spec).expect("plan")
 }
 
 pub fn options(resume: bool, stop: bool) -> TrainOptions {

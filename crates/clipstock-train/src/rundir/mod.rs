@@ -8,9 +8,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::{Result, TrainError, io};
+
+mod reader;
+mod records;
+
+pub use reader::RunReader;
+pub use records::{EvalRecord, MergeRecord, Record, ResumeRecord, StepRecord};
+
+/// The tracing log the binary keeps beside the metrics.
+pub const TRAIN_LOG: &str = "train.log";
 
 pub struct RunDir {
     pub path: PathBuf,
@@ -27,8 +35,8 @@ pub struct TrainerState {
     pub global_step: u64,
     pub merges: u64,
     pub finished: bool,
-    /// Every evaluation so far: `{epoch, model, results}`.
-    pub evals: Vec<Value>,
+    /// Every evaluation so far.
+    pub evals: Vec<EvalRecord>,
     /// One row per finished epoch for `summary.csv`.
     pub epochs: Vec<EpochRow>,
     /// Whether the checkpoint holds the last merge (`merged.safetensors`).
@@ -67,6 +75,38 @@ pub struct TrainerState {
     /// f16 training's loss scale per run (empty at other precisions).
     #[serde(default)]
     pub loss_scales: Vec<crate::step::LossScale>,
+}
+
+impl TrainerState {
+    /// Before the first step of a run over `train_images` samples (hashed as `train_hash`);
+    /// `loss_scales` holds one scale per run in f16, nothing otherwise.
+    pub fn fresh(
+        train_images: usize,
+        train_hash: u64,
+        loss_scales: Vec<crate::step::LossScale>,
+    ) -> Self {
+        TrainerState {
+            epoch: 0,
+            step_in_epoch: 0,
+            global_step: 0,
+            merges: 0,
+            finished: false,
+            evals: Vec::new(),
+            epochs: Vec::new(),
+            has_merge: false,
+            dir: String::new(),
+            checkpoints: 0,
+            train_images,
+            train_hash,
+            epoch_loss_sums: Vec::new(),
+            epoch_loss_steps: 0,
+            epoch_lr: 0.0,
+            metrics_len: 0,
+            epoch_end_merged: false,
+            epoch_end_mean_t: None,
+            loss_scales,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,11 +185,10 @@ impl RunDir {
         self.path.join(name)
     }
 
-    /// Appends one JSON object to `metrics.jsonl` (flushed: a killed run keeps its lines).
-    pub fn metric(&mut self, value: &Value) -> Result<()> {
+    /// Appends one record to `metrics.jsonl` (flushed: a killed run keeps its lines).
+    pub fn record(&mut self, record: &Record) -> Result<()> {
         let p = self.path.join("metrics.jsonl");
-        let mut line = value.to_string();
-        line.push('\n');
+        let line = record.to_line();
         self.metrics
             .write_all(line.as_bytes())
             .and_then(|_| self.metrics.flush())
@@ -162,16 +201,11 @@ impl RunDir {
 
     /// Reads `checkpoints/latest.json`.
     pub fn latest(&self) -> Result<TrainerState> {
-        let p = self.path.join("checkpoints").join("latest.json");
-        let text = fs::read_to_string(&p).map_err(io("read", &p))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-            path: p,
-            reason: e.to_string(),
-        })
+        read_latest(&self.path)
     }
 
     pub fn checkpoint_dir(&self, state: &TrainerState) -> PathBuf {
-        self.path.join("checkpoints").join(&state.dir)
+        checkpoint_dir(&self.path, state)
     }
 
     /// Writes a checkpoint: `write` fills a fresh temporary folder (file by file, so a large
@@ -220,6 +254,19 @@ impl RunDir {
         }
         Ok(final_dir)
     }
+}
+
+fn read_latest(run_dir: &Path) -> Result<TrainerState> {
+    let p = run_dir.join("checkpoints").join("latest.json");
+    let text = fs::read_to_string(&p).map_err(io("read", &p))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: p,
+        reason: e.to_string(),
+    })
+}
+
+fn checkpoint_dir(run_dir: &Path, state: &TrainerState) -> PathBuf {
+    run_dir.join("checkpoints").join(&state.dir)
 }
 
 /// fsync of every file in `dir` (writers such as burn's records may not sync themselves).

@@ -1,0 +1,385 @@
+//! The training loop: N runs from w0 in lockstep, one optimizer step of every run at a time,
+//! the hooks after each step and at each epoch's end (evaluate the runs, merge, evaluate the
+//! merge, checkpoint), and the final exports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use clipstock_config::{Precision, Schedule};
+use clipstock_eval::EvalResults;
+use tracing::{info, info_span};
+
+use crate::error::{Result, TrainError, io};
+use crate::events::{Event, Observer};
+use crate::hooks::{CheckpointHook, EpochEnd, EpochHook, HookCx, default_hooks, evaluate_model};
+use crate::plan::RunPlan;
+use crate::rundir::{
+    EpochRow, Record, ResumeRecord, RunDir, StepRecord, TrainerState, summary_csv,
+};
+use crate::schedule::{constant_lr, cosine_lr};
+use crate::session::{Session, check_precision};
+use crate::step::{LossScale, NonFinite, StepRunner};
+
+/// How a training call behaves beyond the config.
+#[derive(Clone, Default)]
+pub struct TrainOptions {
+    /// Continue the run directory's last complete checkpoint.
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to save a checkpoint at the next step boundary and return.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a finished (or stopped) call leaves behind.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    pub results_markdown: String,
+    pub final_merged: Option<PathBuf>,
+    pub stopped_early: bool,
+}
+
+/// A session in progress: the models and data, where training stands, and its directory.
+struct Training {
+    session: Session,
+    state: TrainerState,
+    dir: RunDir,
+}
+
+impl Training {
+    fn cx<'a>(
+        &'a mut self,
+        plan: &'a RunPlan,
+        obs: &'a mut dyn Observer,
+        stop: &'a Arc<AtomicBool>,
+    ) -> HookCx<'a> {
+        HookCx {
+            plan,
+            session: &mut self.session,
+            state: &mut self.state,
+            dir: &mut self.dir,
+            obs,
+            stop,
+        }
+    }
+}
+
+/// Trains the N runs of `plan` in lockstep with periodic merging; see the crate docs.
+pub fn train(plan: &RunPlan, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Outcome> {
+    // Before the zero-shot head, which can take minutes.
+    check_precision(plan)?;
+    let stop = &opts.stop;
+    let dir = open_run_dir(plan, opts.resume)?;
+    obs.on(Event::Started {
+        run_dir: dir.path.clone(),
+    });
+    let mut t = match start(plan, dir, opts, obs) {
+        Ok(t) => t,
+        Err(e) => {
+            if !opts.resume {
+                // Nothing of value was written yet; leave no directory that blocks a retry.
+                let _ = std::fs::remove_dir_all(&plan.run_dir);
+            }
+            return Err(match e {
+                TrainError::Interrupted => TrainError::InterruptedBeforeStart {
+                    resume: opts.resume,
+                },
+                e => e,
+            });
+        }
+    };
+    if opts.resume {
+        CheckpointHook::restore(&mut t.cx(plan, obs, stop))?;
+        let s = &t.state;
+        obs.on(Event::Phase(format!(
+            "resumed at epoch {}, step {} (global step {})",
+            s.epoch + 1,
+            s.step_in_epoch,
+            s.global_step
+        )));
+        let record = Record::Resume(ResumeRecord {
+            epoch: s.epoch,
+            step: s.step_in_epoch,
+            global_step: s.global_step,
+        });
+        t.dir.record(&record)?;
+    }
+    let mut hooks = default_hooks();
+    let stopped = match run_loop(plan, &mut t, &mut hooks, stop, obs) {
+        Ok(stopped) => stopped,
+        // Interrupted inside an evaluation: the state is still the one before it (with
+        // `epoch_end_merged` set if the epoch's merge is already done), so a checkpoint now
+        // resumes by redoing just that evaluation.
+        Err(TrainError::Interrupted) => {
+            obs.on(Event::Phase("stopping: saving a checkpoint".into()));
+            CheckpointHook::save(&mut t.cx(plan, obs, stop))?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    finish(plan, t, stopped)
+}
+
+/// The run directory: a new one (refusing an existing run), or the one to resume, whose
+/// config must be the same.
+fn open_run_dir(plan: &RunPlan, resume: bool) -> Result<RunDir> {
+    let path = &plan.run_dir;
+    let config = plan.spec.to_toml();
+    if !resume {
+        // Check before creating anything on disk.
+        if path.exists() && !RunDir::is_abandoned_start(path) {
+            return Err(TrainError::RunExists(path.clone()));
+        }
+        let dir = RunDir::create(path)?;
+        dir.write("config.toml", config.as_bytes())?;
+        return Ok(dir);
+    }
+    let dir = RunDir::open(path)?;
+    let stored_path = dir.file("config.toml");
+    let stored = std::fs::read_to_string(&stored_path).map_err(io("read", &stored_path))?;
+    if stored != config {
+        return Err(TrainError::ConfigChanged {
+            stored: stored_path,
+        });
+    }
+    Ok(dir)
+}
+
+/// Builds the session; a new run gets a first checkpoint before any step, so a full disk or
+/// an unwritable folder fails here, not after an epoch of work.
+fn start(
+    plan: &RunPlan,
+    dir: RunDir,
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+) -> Result<Training> {
+    let session = Session::build(plan, &opts.stop, obs)?;
+    let state = TrainerState::fresh(
+        session.train_images,
+        session.train_hash,
+        match plan.spec.optim.precision {
+            Precision::F16 => vec![LossScale::default(); session.runs.len()],
+            _ => Vec::new(),
+        },
+    );
+    let mut t = Training {
+        session,
+        state,
+        dir,
+    };
+    if !opts.resume {
+        CheckpointHook::save(&mut t.cx(plan, obs, &opts.stop))?;
+    }
+    Ok(t)
+}
+
+fn lr_at(plan: &RunPlan, steps_per_epoch: u64, step: u64) -> f64 {
+    let o = &plan.spec.optim;
+    match o.schedule {
+        Schedule::Cosine => cosine_lr(step, o.lr, o.warmup_steps, steps_per_epoch * o.epochs),
+        Schedule::Constant => constant_lr(step, o.lr, o.warmup_steps),
+    }
+}
+
+/// Zero-shot evaluation, then the epochs. Returns whether it stopped early (after saving a
+/// checkpoint).
+fn run_loop(
+    plan: &RunPlan,
+    t: &mut Training,
+    hooks: &mut [Box<dyn EpochHook>],
+    stop: &Arc<AtomicBool>,
+    obs: &mut dyn Observer,
+) -> Result<bool> {
+    let spec = &plan.spec;
+    // Also on resume: a run stopped during the zero-shot evaluation still gets its row.
+    if plan.eval.zero_shot && !t.state.evals.iter().any(|e| e.model == "zero-shot") {
+        let base = t.session.w0.base.clone();
+        let mut cx = t.cx(plan, obs, stop);
+        evaluate_model(&mut cx, 0, "zero-shot", &base)?;
+        CheckpointHook::save(&mut cx)?;
+    }
+    let runner = StepRunner {
+        autocast: t.session.autocast,
+        label_smoothing: spec.optim.label_smoothing,
+        grad_clip_norm: spec.optim.grad_clip_norm,
+        accumulation_steps: plan.accumulation_steps,
+        per_run_devices: plan.per_run_devices,
+    };
+    let steps = t.session.steps_per_epoch;
+    while t.state.epoch < spec.optim.epochs {
+        let epoch = t.state.epoch;
+        let _span = info_span!("epoch", epoch = epoch + 1).entered();
+        let epoch_start = Instant::now();
+        let start_step = t.state.step_in_epoch;
+        obs.on(Event::EpochStart {
+            epoch,
+            epochs: spec.optim.epochs,
+            steps,
+            start_step,
+        });
+        let mut loaders = (t.session).loaders(spec, plan.micro_batch_size, epoch, start_step)?;
+        if start_step == 0 || t.state.epoch_loss_sums.len() != t.session.runs.len() {
+            t.state.epoch_loss_sums = vec![0.0; t.session.runs.len()];
+            t.state.epoch_loss_steps = 0;
+        }
+        while t.state.step_in_epoch < steps {
+            let step_start = Instant::now();
+            let lr = lr_at(plan, steps, t.state.global_step);
+            t.state.epoch_lr = lr;
+            let s = &mut t.session;
+            let outcomes = runner
+                .step(
+                    &mut s.runs,
+                    &mut loaders,
+                    lr,
+                    &mut t.state.loss_scales,
+                    &s.w0.base,
+                )
+                .map_err(|e| non_finite(e, &t.session, &t.state))?;
+            let losses: Vec<f64> = outcomes.iter().map(|o| o.loss).collect();
+            let images: usize = outcomes.iter().map(|o| o.images).sum();
+            for (sum, l) in t.state.epoch_loss_sums.iter_mut().zip(&losses) {
+                *sum += l;
+            }
+            t.state.epoch_loss_steps += 1;
+            t.state.step_in_epoch += 1;
+            t.state.global_step += 1;
+            let ips = images as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
+            let step = t.state.step_in_epoch;
+            if step.is_multiple_of(spec.run.log_every_steps.max(1)) || step == steps {
+                let ls = &t.state.loss_scales;
+                let f16 = !ls.is_empty();
+                t.dir.record(&Record::Step(StepRecord {
+                    epoch: epoch + 1,
+                    step,
+                    global_step: t.state.global_step,
+                    lr,
+                    loss: losses.clone(),
+                    grad_norm: outcomes.iter().map(|o| o.grad_norm).collect(),
+                    images_per_sec: ips,
+                    loss_scale: f16.then(|| ls.iter().map(|s| s.scale).collect()),
+                    skipped_steps: f16.then(|| ls.iter().map(|s| s.skipped).collect()),
+                }))?;
+                info!(epoch = epoch + 1, step, lr, ?losses, "step");
+            }
+            obs.on(Event::Step {
+                epoch,
+                step,
+                global_step: t.state.global_step,
+                losses,
+                lr,
+                images_per_sec: ips,
+            });
+            if step < steps {
+                let global_step = t.state.global_step;
+                let mut cx = t.cx(plan, obs, stop);
+                for h in hooks.iter_mut() {
+                    h.after_step(&mut cx, global_step)?;
+                }
+            }
+            if stop.load(Ordering::SeqCst) {
+                drop(loaders);
+                obs.on(Event::Phase("stopping: saving a checkpoint".into()));
+                CheckpointHook::save(&mut t.cx(plan, obs, stop))?;
+                return Ok(true);
+            }
+        }
+        drop(loaders);
+
+        let last = epoch + 1 == spec.optim.epochs;
+        let mut end = EpochEnd {
+            epoch: epoch + 1,
+            global_step: t.state.global_step,
+            last,
+            eval_due: plan.eval.due(epoch + 1, last),
+            merged_already: t.state.epoch_end_merged,
+            mean_t: t.state.epoch_end_mean_t,
+            merged_imagenet: None,
+            merged_ood_mean: None,
+            stopping: false,
+        };
+        let mut cx = t.cx(plan, obs, stop);
+        for h in hooks.iter_mut() {
+            h.at_epoch_end(&mut cx, &mut end)?;
+        }
+        close_epoch(t, &end, epoch_start)?;
+        end.stopping = stop.load(Ordering::SeqCst) && !last;
+        let mut cx = t.cx(plan, obs, stop);
+        for h in hooks.iter_mut() {
+            h.after_epoch(&mut cx, &end)?;
+        }
+        if end.stopping {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Records the epoch in `summary.csv` and moves the state to the next one.
+fn close_epoch(t: &mut Training, end: &EpochEnd, started: Instant) -> Result<()> {
+    let s = &mut t.state;
+    s.epochs.push(EpochRow {
+        epoch: end.epoch,
+        global_step: s.global_step,
+        lr: s.epoch_lr,
+        loss: (s.epoch_loss_sums.iter())
+            .map(|l| l / s.epoch_loss_steps.max(1) as f64)
+            .collect(),
+        merged_imagenet: end.merged_imagenet,
+        merged_ood_mean: end.merged_ood_mean,
+        mean_t: end.mean_t,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    let csv = summary_csv(&s.epochs, t.session.runs.len());
+    t.dir.write("summary.csv", csv.as_bytes())?;
+    s.epoch += 1;
+    s.step_in_epoch = 0;
+    s.epoch_end_merged = false;
+    s.epoch_end_mean_t = None;
+    if end.last {
+        s.finished = true;
+    }
+    Ok(())
+}
+
+fn non_finite(e: NonFinite, session: &Session, state: &TrainerState) -> TrainError {
+    TrainError::NonFinite {
+        run: e.run + 1,
+        seed: session.runs[e.run].seed,
+        what: e.what,
+        epoch: state.epoch + 1,
+        step: state.step_in_epoch + 1,
+    }
+}
+
+/// `results.md`, and unless stopped early the final exports.
+fn finish(plan: &RunPlan, t: Training, stopped_early: bool) -> Result<Outcome> {
+    let table = results_table(plan, &t.state);
+    t.dir.write("results.md", table.as_bytes())?;
+    let final_merged = if stopped_early {
+        None
+    } else {
+        crate::export::final_exports(&t.dir, &t.session)?
+    };
+    Ok(Outcome {
+        run_dir: t.dir.path.clone(),
+        results_markdown: table,
+        final_merged,
+        stopped_early,
+    })
+}
+
+/// The paper-style table: the latest evaluation of zero-shot, each run and the merge.
+fn results_table(plan: &RunPlan, state: &TrainerState) -> String {
+    let mut latest: Vec<(String, &EvalResults)> = Vec::new();
+    for e in &state.evals {
+        match latest.iter_mut().find(|(m, _)| *m == e.model) {
+            Some(slot) => slot.1 = &e.results,
+            None => latest.push((e.model.clone(), &e.results)),
+        }
+    }
+    let mut out = format!("# {}\n\n", plan.spec.run.name);
+    out.push_str(&clipstock_eval::markdown_table(&latest));
+    out
+}

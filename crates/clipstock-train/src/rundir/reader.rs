@@ -1,0 +1,109 @@
+//! Reading a run directory back: its config, its last complete checkpoint, its records and its
+//! models. `clipstock eval --run` uses it (and so can any tool that compares runs).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::Device;
+use clipstock_config::RunSpec;
+use clipstock_data::classes::ClassSpace;
+use clipstock_eval::EvalResults;
+use clipstock_model::load::apply_state;
+use clipstock_model::{ImageClassifier, StateDict};
+
+use super::records::Record;
+use super::{TrainerState, checkpoint_dir, read_latest, write_atomic};
+use crate::error::{Result, TrainError, io};
+use crate::events::Observer;
+use crate::session::{build_w0, class_files, load_run_record, run_label};
+
+/// A run directory opened for reading.
+pub struct RunReader {
+    pub path: PathBuf,
+    /// The run's resolved config, with `run.output_dir`/`run.name` pointing at `path` (the
+    /// directory may have been moved since it was written).
+    pub spec: RunSpec,
+    /// The state of the last complete checkpoint.
+    pub state: TrainerState,
+}
+
+impl RunReader {
+    pub fn open(path: &Path) -> Result<RunReader> {
+        let cfg = path.join("config.toml");
+        let mut spec = clipstock_config::load(&cfg, &[])?;
+        if spec.run_dir() != path {
+            tracing::info!(
+                "config names run directory {}; reading {}",
+                spec.run_dir().display(),
+                path.display()
+            );
+        }
+        if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+            spec.run.output_dir = parent.to_path_buf();
+            spec.run.name = name.to_string_lossy().to_string();
+        }
+        if !path.join("checkpoints").join("latest.json").is_file() {
+            return Err(TrainError::NothingToResume(path.to_path_buf()));
+        }
+        let state = read_latest(path)?;
+        Ok(RunReader {
+            path: path.to_path_buf(),
+            spec,
+            state,
+        })
+    }
+
+    /// Every line of `metrics.jsonl`, typed.
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let p = self.path.join("metrics.jsonl");
+        let text = fs::read_to_string(&p).map_err(io("read", &p))?;
+        (text.lines().enumerate())
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| {
+                serde_json::from_str(l).map_err(|e| TrainError::Checkpoint {
+                    path: p.clone(),
+                    reason: format!("line {}: {e}", n + 1),
+                })
+            })
+            .collect()
+    }
+
+    /// The zero-shot w0, each run at the last complete checkpoint, and the last merge if there
+    /// was one, on `device`, labelled as the trainer labels them.
+    pub fn models(
+        &self,
+        device: &Device,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<(String, ImageClassifier)>> {
+        let classes = ClassSpace::load(&class_files(&self.spec))?;
+        let base = build_w0(&self.spec, &classes, device, None, obs)?.base;
+        let ck = checkpoint_dir(&self.path, &self.state);
+        let mut out = vec![("zero-shot".to_string(), base.clone())];
+        for (i, &seed) in self.spec.run.seeds.iter().enumerate() {
+            let model = load_run_record(base.clone(), &ck.join(format!("run_{}.bpk", i + 1)))?;
+            out.push((run_label(i, seed), model));
+        }
+        if self.state.has_merge {
+            let merged = StateDict::read(&ck.join("merged.safetensors"))?;
+            out.push(("merged".to_string(), apply_state(base, &merged, "merged")?));
+        }
+        Ok(out)
+    }
+
+    /// Writes `eval.json` in the run directory: each model's results JSON under its label.
+    pub fn write_eval(&self, results: &[(String, EvalResults)]) -> Result<PathBuf> {
+        let map: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(label, r)| (label.clone(), r.to_json()))
+            .collect();
+        let out = self.path.join("eval.json");
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(map)).map_err(|e| {
+            TrainError::Checkpoint {
+                path: out.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        write_atomic(&out, text.as_bytes())?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,442 @@
+//! What a training session holds: w0 (the pretrained classifier with its head), the N runs on
+//! their devices with their optimizers, the training samples and the evaluation sets.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::FloatDType;
+use clipstock_config::{HeadSource, OptimSection, Precision, RunSpec};
+use clipstock_data::classes::{ClassFiles, ClassSpace};
+use clipstock_data::layouts::{EvalSet, OpenOptions, Sample, open_eval_set, open_train_set};
+use clipstock_data::loader::{Loader, LoaderOptions, epoch_order};
+use clipstock_data::preprocess::{DecodeLimits, TrainTransform, Transform};
+use clipstock_eval::{EvalOptions, PreparedSet};
+use clipstock_model::load::{HEAD_BIAS, apply_state, canonical_of_module_state, module_state};
+use clipstock_model::model::Autocast;
+use clipstock_model::zeroshot::zeroshot_head_from_files;
+use clipstock_model::{Checkpoint, DeviceSpec, ImageClassifier, StateDict};
+
+use crate::error::{Result, TrainError};
+use crate::events::{Event, Observer};
+use crate::plan::RunPlan;
+
+/// In-memory preparation of evaluation sets pays off below this size.
+const PREPARE_BUDGET_BYTES: usize = 1 << 30;
+
+/// One fine-tuning run: its seed, device, weights and AdamW state.
+pub struct Run {
+    pub seed: u64,
+    /// The run's autodiff device.
+    pub device: Device,
+    pub model: ImageClassifier,
+    pub optim: ModuleOptimizer,
+}
+
+/// The pretrained starting point.
+pub struct W0 {
+    /// w0 on the evaluation device: the base every evaluated state is written into.
+    pub base: ImageClassifier,
+    /// w0's canonical state dict (the merge anchor).
+    pub state: StateDict,
+    /// The checkpoint's tensors the classifier does not hold (text tower, a replaced head),
+    /// carried unchanged into the exports.
+    pub extras: StateDict,
+}
+
+/// The evaluation sets, decoded once into memory when they are small.
+pub struct EvalSets {
+    pub on_disk: Vec<EvalSet>,
+    pub prepared: Vec<PreparedSet>,
+}
+
+pub struct Session {
+    pub w0: W0,
+    pub runs: Vec<Run>,
+    pub eval_device: Device,
+    pub train: Arc<[Sample]>,
+    /// Count and hash of the training samples (paths and labels): a resume on other images
+    /// would draw another data order, so it is refused.
+    pub train_images: usize,
+    pub train_hash: u64,
+    pub eval: EvalSets,
+    pub steps_per_epoch: u64,
+    pub image_size: u32,
+    pub autocast: Autocast,
+    /// The last merge, the anchor of `anchor = "previous_merge"` and the model evaluated as
+    /// `merged`.
+    pub last_merge: Option<StateDict>,
+}
+
+impl Session {
+    /// `stop` interrupts the long parts (the zero-shot head, decoding the evaluation sets)
+    /// with [`TrainError::Interrupted`].
+    pub fn build(plan: &RunPlan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Result<Self> {
+        let spec = &plan.spec;
+        let classes = ClassSpace::load(&class_files(spec))?;
+        if spec.data.generate.is_some() {
+            obs.on(Event::Phase(format!(
+                "quickstart image sets in {} (written from the shipped assets on first use)",
+                spec.data.root.display()
+            )));
+            let assets = spec
+                .data
+                .class_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/quickstart"));
+            clipstock_data::quickstart::ensure_quickstart_tree(&assets, &spec.data.root)?;
+        }
+
+        let eval_device = plan.eval_device.device()?;
+        let w0 = build_w0(spec, &classes, &eval_device, Some(stop), obs)?;
+        let model_size = w0.base.model.visual.image_size() as u32;
+        let image_size = spec.data.image_size.unwrap_or(model_size);
+        if image_size != model_size {
+            return Err(TrainError::ImageSize {
+                configured: image_size,
+                model: model_size,
+            });
+        }
+
+        let autocast = autocast_of(spec.optim.precision);
+        let mut runs = Vec::new();
+        for (&seed, spec_dev) in spec.run.seeds.iter().zip(&plan.devices) {
+            let device = if plan.per_run_devices {
+                spec_dev.device()?
+            } else {
+                eval_device.clone()
+            };
+            let model = apply_state(w0.base.clone(), &w0.state, "w0")?;
+            let model = model.fork(&device.clone().autodiff()).train();
+            runs.push(Run {
+                seed,
+                device: device.autodiff(),
+                model,
+                optim: new_optimizer(spec),
+            });
+        }
+        let on_cpu = plan
+            .devices
+            .iter()
+            .any(|d| matches!(d, DeviceSpec::Cpu | DeviceSpec::Flex));
+        if on_cpu && autocast.dtype().is_some() {
+            tracing::warn!(
+                "optim.precision = \"{}\" on the CPU: flex gains nothing from 16-bit matmuls \
+                 (bf16 is computed through f32, f16 by a slower half-precision GEMM); use it to \
+                 try a GPU config, not for speed",
+                spec.optim.precision.name()
+            );
+        }
+
+        obs.on(Event::Phase("indexing the image folders".into()));
+        let train = train_samples(spec, &classes)?;
+        let steps_per_epoch = (train.len() / spec.optim.batch_size) as u64;
+        if steps_per_epoch == 0 {
+            return Err(TrainError::TrainSetTooSmall {
+                images: train.len(),
+                batch_size: spec.optim.batch_size,
+            });
+        }
+        let eval = open_eval_sets(plan, &classes, image_size, stop, obs)?;
+        Ok(Session {
+            w0,
+            runs,
+            eval_device,
+            train_images: train.len(),
+            train_hash: samples_hash(&train),
+            train: train.into(),
+            eval,
+            steps_per_epoch,
+            image_size,
+            autocast,
+            last_merge: None,
+        })
+    }
+
+    /// One loader per run for `epoch`, starting after `start_step` steps: each run's data
+    /// order and augmentation depend only on (seed, epoch, sample index).
+    pub fn loaders(
+        &self,
+        spec: &RunSpec,
+        micro: usize,
+        epoch: u64,
+        start_step: u64,
+    ) -> Result<Vec<Loader>> {
+        let used = (self.steps_per_epoch as usize) * spec.optim.batch_size;
+        let mut loaders = Vec::new();
+        for run in &self.runs {
+            let mut order = epoch_order(self.train.len(), run.seed, epoch);
+            order.truncate(used);
+            let order = order.split_off(start_step as usize * spec.optim.batch_size);
+            let transform = Transform::Train(TrainTransform {
+                size: self.image_size,
+                scale: (spec.data.augment.scale[0], spec.data.augment.scale[1]),
+                ratio: (spec.data.augment.ratio[0], spec.data.augment.ratio[1]),
+                hflip: spec.data.augment.hflip,
+            });
+            loaders.push(Loader::new(
+                self.train.clone(),
+                order,
+                transform,
+                LoaderOptions {
+                    batch_size: micro,
+                    workers: spec.data.workers,
+                    prefetch: spec.data.prefetch.max(1),
+                    seed: run.seed,
+                    epoch,
+                    limits: DecodeLimits::default(),
+                },
+            )?);
+        }
+        Ok(loaders)
+    }
+
+    /// Run `i`'s current weights in a copy of w0 on the evaluation device.
+    pub fn run_for_eval(&self, i: usize) -> Result<ImageClassifier> {
+        let state = module_state(&self.runs[i].model);
+        Ok(apply_state(self.w0.base.clone(), &state, "run")?)
+    }
+
+    /// The last merge in a copy of w0 on the evaluation device.
+    pub fn merged_for_eval(&self) -> Result<Option<ImageClassifier>> {
+        match &self.last_merge {
+            Some(m) => Ok(Some(apply_state(self.w0.base.clone(), m, "merged")?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn train_samples(spec: &RunSpec, classes: &ClassSpace) -> Result<Vec<Sample>> {
+    let mut samples = open_train_set(&spec.data.root, classes)?.samples;
+    if let Some(limit) = spec.data.train_limit
+        && limit < samples.len()
+    {
+        let n = samples.len();
+        samples = (0..limit).map(|i| samples[i * n / limit].clone()).collect();
+    }
+    Ok(samples)
+}
+
+fn open_eval_sets(
+    plan: &RunPlan,
+    classes: &ClassSpace,
+    image_size: u32,
+    stop: &Arc<AtomicBool>,
+    obs: &mut dyn Observer,
+) -> Result<EvalSets> {
+    let spec = &plan.spec;
+    let open_opts = OpenOptions {
+        limit_per_set: spec.eval.limit_per_set,
+        objectnet_border_crop: spec.eval.objectnet_border_crop,
+        expect_published_sizes: spec.eval.expect_published_sizes,
+    };
+    let mut on_disk = Vec::new();
+    for &name in &plan.eval_sets {
+        on_disk.push(open_eval_set(name, &spec.data.root, classes, &open_opts)?);
+    }
+    let bytes_needed: usize = on_disk
+        .iter()
+        .map(|s| s.samples.len() * 3 * (image_size as usize).pow(2) * 4)
+        .sum();
+    let mut prepared = Vec::new();
+    if bytes_needed <= PREPARE_BUDGET_BYTES {
+        obs.on(Event::Phase("decoding the evaluation sets once".into()));
+        let opts = EvalOptions {
+            cancel: Some(stop.clone()),
+            ..eval_options(spec)
+        };
+        for set in on_disk.drain(..) {
+            prepared.push(PreparedSet::prepare(set, image_size, &opts).map_err(eval_error)?);
+        }
+    }
+    Ok(EvalSets { on_disk, prepared })
+}
+
+/// FNV-1a over every sample's path and label.
+fn samples_hash(samples: &[Sample]) -> u64 {
+    samples.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, smp| {
+        let mut h = h;
+        for b in smp
+            .path
+            .to_string_lossy()
+            .bytes()
+            .chain((smp.label as u64).to_le_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    })
+}
+
+/// The class files a run uses: `data.class_dir` or the ImageNet files under `data/`.
+pub fn class_files(spec: &RunSpec) -> ClassFiles {
+    match &spec.data.class_dir {
+        Some(d) => ClassFiles::in_dir(d),
+        None => ClassFiles::imagenet(Path::new("data")),
+    }
+}
+
+/// The matmul precision of `optim.precision`.
+pub fn autocast_of(precision: Precision) -> Autocast {
+    match precision {
+        Precision::F32 => Autocast::OFF,
+        Precision::F16 => Autocast::to(FloatDType::F16),
+        Precision::Bf16 => Autocast::to(FloatDType::BF16),
+    }
+}
+
+/// Refuses a reduced precision a device reports no arithmetic for (ndarray; on wgpu it
+/// depends on the adapter) before anything is built, instead of failing or computing garbage
+/// mid-run. This is the one check of a plan that needs burn.
+pub fn check_precision(plan: &RunPlan) -> Result<()> {
+    let Some(dtype) = autocast_of(plan.spec.optim.precision).dtype() else {
+        return Ok(());
+    };
+    let keyed: Vec<(String, DeviceSpec)> = if plan.per_run_devices {
+        (plan.devices.iter().enumerate())
+            .map(|(i, d)| (format!("run.devices[{i}]"), *d))
+            .collect()
+    } else {
+        vec![("run.device".to_string(), plan.eval_device)]
+    };
+    for (key, spec) in keyed {
+        if !spec.device()?.supports_dtype(dtype) {
+            return Err(TrainError::PrecisionUnsupported {
+                precision: plan.spec.optim.precision.name(),
+                key,
+                device: spec.to_string(),
+                dtype: format!("{dtype:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A cancelled evaluation is a stop request, not an evaluation failure.
+pub(crate) fn eval_error(e: clipstock_eval::EvalError) -> TrainError {
+    match e {
+        clipstock_eval::EvalError::Cancelled => TrainError::Interrupted,
+        e => TrainError::Eval(e),
+    }
+}
+
+/// w0: the pretrained image tower with its head (zero-shot from the text tower, the
+/// checkpoint's own, or a file), text tower removed, on `eval_device`; plus the checkpoint's
+/// unused tensors (carried into exports).
+pub fn build_w0(
+    spec: &RunSpec,
+    classes: &ClassSpace,
+    eval_device: &Device,
+    cancel: Option<&AtomicBool>,
+    obs: &mut dyn Observer,
+) -> Result<W0> {
+    obs.on(Event::Phase(format!(
+        "loading {}",
+        spec.model.weights.display()
+    )));
+    let ckpt = Checkpoint::read(&spec.model.weights)?;
+    let head = match &spec.model.head {
+        HeadSource::Checkpoint => None,
+        HeadSource::File(p) => Some(StateDict::read(p)?),
+        HeadSource::ZeroShot => {
+            obs.on(Event::Phase("building the zero-shot head".into()));
+            let head = zeroshot_head_from_files(
+                &ckpt,
+                &spec.model.classnames,
+                &spec.model.templates,
+                eval_device,
+                cancel,
+            )
+            .map_err(|e| match e {
+                clipstock_model::ModelError::Cancelled => TrainError::Interrupted,
+                e => e.into(),
+            })?;
+            let n = head.get(HEAD_BIAS).map(|t| t.numel()).unwrap_or(0);
+            if n != classes.num_classes() {
+                return Err(TrainError::ClassCount {
+                    head: format!("model.classnames `{}`", spec.model.classnames.display()),
+                    head_classes: n,
+                    dataset_classes: classes.num_classes(),
+                });
+            }
+            Some(head)
+        }
+    };
+    let mut base = ckpt.classifier(head.as_ref(), eval_device)?;
+    // Fine-tuning trains the image tower and the head; the text tower's only job was the
+    // head, so it leaves the model (its tensors are carried to the export as extras).
+    base.model.text = None;
+    if base.num_classes() != classes.num_classes() {
+        return Err(TrainError::ClassCount {
+            head: "the head".into(),
+            head_classes: base.num_classes(),
+            dataset_classes: classes.num_classes(),
+        });
+    }
+    let state = module_state(&base);
+    // Everything of the checkpoint the classifier does not hold (the text tower, the
+    // checkpoint's own head when another replaces it) travels unchanged into the exports, so
+    // they are complete CLIP checkpoints that `clipstock merge` and open_clip can read.
+    let used: HashSet<String> = canonical_of_module_state(state.clone())
+        .names()
+        .map(str::to_string)
+        .collect();
+    let mut extras = StateDict::new();
+    for (name, t) in ckpt.state.iter() {
+        if !used.contains(name) && !name.starts_with("classification_head.") {
+            extras.insert(name, t.clone());
+        }
+    }
+    Ok(W0 {
+        base,
+        state,
+        extras,
+    })
+}
+
+/// A run's module record (parameters and their `ParamId`s) applied to `model`.
+pub(crate) fn load_run_record(model: ImageClassifier, path: &Path) -> Result<ImageClassifier> {
+    let err = |reason: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let record = ModuleRecord::load(path).map_err(|e| err(format!("{e:?}")))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| err(format!("{e:?}")))
+}
+
+/// How evaluations and the metrics name run `i` (0-based).
+pub fn run_label(i: usize, seed: u64) -> String {
+    format!("run {} (seed {seed})", i + 1)
+}
+
+pub(crate) fn new_optimizer(spec: &RunSpec) -> ModuleOptimizer {
+    adamw(&spec.optim)
+}
+
+/// AdamW as `[optim]` sets it (burn's defaults differ from PyTorch's: eps and weight decay
+/// are always given).
+pub fn adamw(o: &OptimSection) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_1(o.betas[0] as f32)
+        .with_beta_2(o.betas[1] as f32)
+        .with_epsilon(o.eps as f32)
+        .with_weight_decay(o.weight_decay as f32)
+        .init()
+}
+
+pub(crate) fn eval_options(spec: &RunSpec) -> EvalOptions {
+    EvalOptions {
+        batch_size: spec.eval.batch_size,
+        workers: spec.data.workers,
+        prefetch: spec.data.prefetch.max(1),
+        limits: DecodeLimits::default(),
+        cancel: None,
+    }
+}

@@ -2,9 +2,11 @@
 //! the runs' AdamW moments, parameter by parameter. A run without any state yet (with f16,
 //! every step so far skipped for overflow) is left out of the mean and stays fresh.
 //!
-//! burn keys optimizer state by `ParamId`, and each run has its own ids, so the runs' records
-//! are matched through module paths: serialise each record (burn's burnpack format), average
-//! the tensors that share `(path, field)`, and give every run the average under its own ids.
+//! burn keys optimizer state by `ParamId`. The trainer's runs are clones of w0 and share its
+//! ids, but nothing here relies on that (a run loaded from elsewhere may not): the runs'
+//! records are matched through module paths — serialise each record (burn's burnpack format),
+//! average the tensors that share `(path, field)`, and give every run the average under the
+//! ids its own record uses.
 
 use std::collections::HashMap;
 
@@ -181,7 +183,15 @@ mod tests {
     }
 
     fn stepped(seed: u64, device: &Device) -> (ImageClassifier, ModuleOptimizer) {
-        let model = classifier(1, device).train();
+        stepped_from(classifier(1, device), seed, device)
+    }
+
+    fn stepped_from(
+        model: ImageClassifier,
+        seed: u64,
+        device: &Device,
+    ) -> (ImageClassifier, ModuleOptimizer) {
+        let model = model.train();
         let mut optim = AdamWConfig::new().init();
         let x = Init::new(seed).normal_vec(2 * 3 * 8 * 8, 1.0);
         let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, 8, 8]), device);
@@ -206,6 +216,28 @@ mod tests {
                 ((path, field), v)
             })
             .collect()
+    }
+
+    /// The trainer's runs are clones of one w0 and share its ids: averaging must still pair
+    /// the tensors of each run by path.
+    #[test]
+    fn runs_sharing_their_ids_get_the_mean_too() {
+        let device = Device::flex().autodiff();
+        let base = classifier(1, &device);
+        let (ma, mut oa) = stepped_from(base.clone(), 3, &device);
+        let (mb, mut ob) = stepped_from(base, 4, &device);
+        let before_a = field_values(&ma, &oa);
+        let before_b = field_values(&mb, &ob);
+        assert_ne!(before_a, before_b);
+        average(&mut [(&ma, &mut oa), (&mb, &mut ob)]).expect("average");
+        let after = field_values(&ma, &oa);
+        assert_eq!(after, field_values(&mb, &ob));
+        for (key, a) in &before_a {
+            let b = &before_b[key];
+            for (i, got) in after[key].iter().enumerate() {
+                assert_eq!(*got, (a[i] + b[i]) / 2.0, "{key:?}[{i}]");
+            }
+        }
     }
 
     #[test]

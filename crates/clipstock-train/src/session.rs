@@ -38,6 +38,24 @@ pub struct Run {
     pub optim: ModuleOptimizer,
 }
 
+impl Run {
+    /// A run starting at w0 on `device` (a plain device; the run trains on its autodiff
+    /// form). Every run is a clone of w0's module, so all runs carry w0's `ParamId`s: ids are
+    /// not unique across runs, only within one. That is harmless because each run has its own
+    /// optimizer, and the one place that combines runs' optimizer state
+    /// (`merge.optimizer_state = "average"`) matches parameters by module path, not by id.
+    pub fn from_w0(w0: &W0, seed: u64, device: &Device, optim: ModuleOptimizer) -> Result<Run> {
+        let model = apply_state(w0.base.clone(), &w0.state, "w0")?;
+        let model = model.fork(&device.clone().autodiff()).train();
+        Ok(Run {
+            seed,
+            device: device.clone().autodiff(),
+            model,
+            optim,
+        })
+    }
+}
+
 /// The pretrained starting point.
 pub struct W0 {
     /// w0 on the evaluation device: the base every evaluated state is written into.
@@ -111,14 +129,7 @@ impl Session {
             } else {
                 eval_device.clone()
             };
-            let model = apply_state(w0.base.clone(), &w0.state, "w0")?;
-            let model = model.fork(&device.clone().autodiff()).train();
-            runs.push(Run {
-                seed,
-                device: device.autodiff(),
-                model,
-                optim: new_optimizer(spec),
-            });
+            runs.push(Run::from_w0(&w0, seed, &device, new_optimizer(spec))?);
         }
         let on_cpu = plan
             .devices
@@ -438,5 +449,63 @@ pub(crate) fn eval_options(spec: &RunSpec) -> EvalOptions {
         prefetch: spec.data.prefetch.max(1),
         limits: DecodeLimits::default(),
         cancel: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{ModuleVisitor, Param, ParamId};
+    use clipstock_model::ClipArch;
+    use clipstock_model::arch::VisionArch;
+
+    struct Ids(Vec<ParamId>);
+
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+
+    fn ids(m: &ImageClassifier) -> Vec<ParamId> {
+        let mut v = Ids(Vec::new());
+        m.visit(&mut v);
+        v.0
+    }
+
+    /// The invariant `Run::from_w0` documents (and docs/ARCHITECTURE.md states): runs share
+    /// w0's parameter ids, and each still gets an optimizer of its own.
+    #[test]
+    fn runs_are_clones_of_w0_and_share_its_param_ids() {
+        let arch = ClipArch {
+            embed_dim: 8,
+            vision: VisionArch {
+                image_size: 8,
+                patch_size: 4,
+                width: 64,
+                layers: 1,
+                heads: 1,
+                mlp_width: 32,
+            },
+            text: None,
+        };
+        let device = Device::flex();
+        let base = ImageClassifier::random(&arch, 3, 1, &device);
+        let w0 = W0 {
+            state: module_state(&base),
+            base,
+            extras: StateDict::new(),
+        };
+        let spec_optim = OptimSection::default();
+        let a = Run::from_w0(&w0, 1, &device, adamw(&spec_optim)).expect("run a");
+        let b = Run::from_w0(&w0, 2, &device, adamw(&spec_optim)).expect("run b");
+        let (ia, ib) = (ids(&a.model), ids(&b.model));
+        assert!(!ia.is_empty());
+        assert_eq!(ia, ib);
+        assert_eq!(ia, ids(&w0.base));
+        // Distinct within one run: the optimizer's per-id state never mixes two tensors.
+        let unique: HashSet<ParamId> = ia.iter().copied().collect();
+        assert_eq!(unique.len(), ia.len());
+        assert_eq!(module_state(&a.model), w0.state);
     }
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clipstock_merge::{MergeOptions, ReadMode, SafetensorsFile, analyze_files, merge_files};
+use clipstock_tensors::rng::SplitMix64;
 
 const BLOCKS: usize = 12;
 const WIDTH: usize = 768;
@@ -63,14 +64,9 @@ fn shapes(params: usize) -> Vec<(String, Vec<usize>)> {
 
 /// splitmix64 → uniform f32 in [−0.5, 0.5): fast and reproducible.
 fn fill(seed: u64, out: &mut [f32], scale: f32) {
-    let mut x = seed;
+    let mut rng = SplitMix64(seed);
     for v in out {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        *v = ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
+        *v = (rng.unit() - 0.5) * scale;
     }
 }
 

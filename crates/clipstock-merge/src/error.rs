@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use clipstock_tensors::TensorsError;
+
 use crate::dtype::DType;
 
 /// Errors of merging, reading and writing.
@@ -135,6 +137,56 @@ pub enum MergeError {
 
     #[error("invalid option: {0}")]
     InvalidOption(String),
+}
+
+/// Each file-layer error becomes the variant that has always reported it, so messages (and
+/// matches on variants) stay as they were.
+impl From<TensorsError> for MergeError {
+    fn from(e: TensorsError) -> Self {
+        match e {
+            TensorsError::Io {
+                action,
+                path,
+                source,
+            } => MergeError::Io {
+                action,
+                path,
+                source,
+            },
+            TensorsError::Format { path, reason } => MergeError::Format { path, reason },
+            TensorsError::Read {
+                tensor,
+                file,
+                source,
+            } => MergeError::Read {
+                tensor,
+                file,
+                source,
+            },
+            TensorsError::Write { path, source } => MergeError::Write { path, source },
+            TensorsError::MissingTensor { tensor, file } => MergeError::MissingTensor {
+                tensor,
+                present_in: "the request".to_string(),
+                missing_from: file,
+            },
+            TensorsError::NotFloat {
+                tensor,
+                file,
+                dtype,
+            } => MergeError::InvalidOption(format!(
+                "tensor `{tensor}` in `{file}` is {dtype}, not a float"
+            )),
+            // The merge reads tensors of every dtype; only state dicts refuse some.
+            TensorsError::UnsupportedDtype {
+                path,
+                tensor,
+                dtype,
+            } => MergeError::Format {
+                path,
+                reason: format!("tensor `{tensor}` has unsupported dtype {dtype}"),
+            },
+        }
+    }
 }
 
 pub type Result<T, E = MergeError> = std::result::Result<T, E>;

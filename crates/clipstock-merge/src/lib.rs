@@ -78,7 +78,7 @@ impl OpenFiles {
             anchor: anchor.map(|p| SafetensorsFile::open(p, mode)).transpose()?,
             models: models
                 .iter()
-                .map(|p| SafetensorsFile::open(p.as_ref(), mode))
+                .map(|p| SafetensorsFile::open(p.as_ref(), mode).map_err(MergeError::from))
                 .collect::<Result<_>>()?,
         })
     }

@@ -7,6 +7,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::module::{attention, embedding, layer_norm, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use clipstock_tensors::rng::{GOLDEN_GAMMA, SplitMix64};
 
 use crate::arch::{ClipArch, TextArch, VisionArch};
 
@@ -575,26 +576,18 @@ impl<'a> ParamSource<'a> {
 /// Deterministic normal initialiser (Box–Muller over a splitmix64 stream), so random models are
 /// identical on every backend and machine.
 pub struct Init {
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl Init {
     pub fn new(seed: u64) -> Self {
         Init {
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            rng: SplitMix64(seed ^ GOLDEN_GAMMA),
         }
     }
 
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        self.rng.unit_open()
     }
 
     pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {

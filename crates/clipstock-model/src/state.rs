@@ -1,130 +1,49 @@
-//! Host-side state dicts: named f32 tensors that remember the dtype they were stored in, read
-//! from safetensors or PyTorch pickles and written back to safetensors atomically.
+//! Host-side state dicts for the model: `clipstock-tensors`' burn-free [`StateDict`] core, plus
+//! what only this crate can do: PyTorch pickles (through burn's `pytorch-reader`), detecting the
+//! container from a file's first bytes, and errors as [`ModelError`].
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 
-use half::{bf16, f16};
-use safetensors::{Dtype as StDtype, SafeTensors};
+use clipstock_tensors::TensorsError;
+use clipstock_tensors::state::natural_key;
+pub use clipstock_tensors::{DType, HostTensor, looks_like_safetensors};
 
 use crate::error::{ModelError, Result};
 
-/// Storage dtype of a tensor on disk. Values are always held as f32 in memory; f16 and bf16
-/// round-trip exactly through f32, so exporting in the source dtype is lossless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    F32,
-    F16,
-    Bf16,
-    F64,
-}
-
-impl DType {
-    pub fn parse(s: &str) -> Option<DType> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Some(DType::F32),
-            "f16" | "float16" | "fp16" | "half" => Some(DType::F16),
-            "bf16" | "bfloat16" => Some(DType::Bf16),
-            "f64" | "float64" => Some(DType::F64),
-            _ => None,
-        }
-    }
-
-    fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::Bf16 => 2,
-            DType::F64 => 8,
-        }
-    }
-
-    fn st(self) -> StDtype {
-        match self {
-            DType::F32 => StDtype::F32,
-            DType::F16 => StDtype::F16,
-            DType::Bf16 => StDtype::BF16,
-            DType::F64 => StDtype::F64,
-        }
-    }
-}
-
-/// One named tensor held on the host.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-    pub data: Vec<f32>,
-}
-
-impl HostTensor {
-    pub fn new(shape: Vec<usize>, dtype: DType, data: Vec<f32>) -> Self {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        HostTensor { shape, dtype, data }
-    }
-
-    pub fn numel(&self) -> usize {
-        self.data.len()
-    }
-
-    /// Little-endian bytes in `dtype`.
-    pub fn to_bytes(&self, dtype: DType) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() * dtype.size());
-        match dtype {
-            DType::F32 => self
-                .data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-            DType::F16 => self
-                .data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-            DType::Bf16 => self
-                .data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
-            DType::F64 => self
-                .data
-                .iter()
-                .for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
-        }
-        out
-    }
-
-    fn from_le_bytes(bytes: &[u8], dtype: DType, shape: Vec<usize>) -> HostTensor {
-        let data: Vec<f32> = match dtype {
-            DType::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::Bf16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::F64 => bytes
-                .chunks_exact(8)
-                .map(|c| {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(c);
-                    f64::from_le_bytes(b) as f32
-                })
-                .collect(),
-        };
-        HostTensor { shape, dtype, data }
-    }
-}
-
-/// An ordered collection of named tensors. Order is the file's (or the model's) order, so that
-/// exports list keys the way the source did.
+/// An ordered collection of named tensors ([`clipstock_tensors::StateDict`], which it derefs
+/// to), whose reading and writing report [`ModelError`]s and whose [`StateDict::read`] also
+/// takes PyTorch checkpoints.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StateDict {
-    order: Vec<String>,
-    map: BTreeMap<String, HostTensor>,
+pub struct StateDict(clipstock_tensors::StateDict);
+
+impl Deref for StateDict {
+    type Target = clipstock_tensors::StateDict;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for StateDict {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl From<clipstock_tensors::StateDict> for StateDict {
+    fn from(inner: clipstock_tensors::StateDict) -> Self {
+        StateDict(inner)
+    }
+}
+
+impl From<StateDict> for clipstock_tensors::StateDict {
+    fn from(sd: StateDict) -> Self {
+        sd.0
+    }
 }
 
 impl StateDict {
@@ -132,101 +51,51 @@ impl StateDict {
         Self::default()
     }
 
-    pub fn insert(&mut self, name: impl Into<String>, tensor: HostTensor) {
-        let name = name.into();
-        if self.map.insert(name.clone(), tensor).is_none() {
-            self.order.push(name);
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Option<&HostTensor> {
-        self.map.get(name)
-    }
-
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut HostTensor> {
-        self.map.get_mut(name)
-    }
-
-    pub fn remove(&mut self, name: &str) -> Option<HostTensor> {
-        let t = self.map.remove(name)?;
-        self.order.retain(|n| n != name);
-        Some(t)
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.map.contains_key(name)
-    }
-
-    /// Names in insertion order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(String::as_str)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &HostTensor)> {
-        self.order
-            .iter()
-            .filter_map(|n| self.map.get(n).map(|t| (n.as_str(), t)))
-    }
-
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+    /// The burn-free state dict inside.
+    pub fn into_inner(self) -> clipstock_tensors::StateDict {
+        self.0
     }
 
     /// Renames every key with `f`; keys mapped to `None` are dropped.
-    pub fn rename(self, mut f: impl FnMut(&str) -> Option<String>) -> StateDict {
-        let mut out = StateDict::new();
-        let StateDict { order, mut map } = self;
-        for name in order {
-            if let Some(t) = map.remove(&name)
-                && let Some(new) = f(&name)
-            {
-                out.insert(new, t);
-            }
-        }
-        out
+    pub fn rename(self, f: impl FnMut(&str) -> Option<String>) -> StateDict {
+        StateDict(self.0.rename(f))
     }
 
     /// A state dict of zeros with the given shapes (tests and shape-only checks).
     pub fn zeros_like_shapes(shapes: &[(String, Vec<usize>)]) -> StateDict {
-        let mut out = StateDict::new();
-        for (name, shape) in shapes {
-            let n = shape.iter().product();
-            out.insert(
-                name.clone(),
-                HostTensor::new(shape.clone(), DType::F32, vec![0.0; n]),
-            );
-        }
-        out
+        StateDict(clipstock_tensors::StateDict::zeros_like_shapes(shapes))
     }
 
-    /// Reads a checkpoint, detecting the container from its first bytes.
+    /// Reads a checkpoint, detecting the container from its first bytes: safetensors
+    /// (memory-mapped), a `torch.save` zip, or a legacy pickle.
     pub fn read(path: &Path) -> Result<StateDict> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        let io = |source| ModelError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        match detect_format(&bytes) {
-            Format::Safetensors => Self::from_safetensors_bytes(&bytes, path),
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let mut head = Vec::with_capacity(9);
+        (&mut file).take(9).read_to_end(&mut head).map_err(io)?;
+        match detect_format(&head) {
+            Format::Safetensors => Ok(StateDict(clipstock_tensors::StateDict::read_safetensors(
+                path,
+            )?)),
             Format::Zip => {
-                if is_torchscript(&bytes) {
+                if is_torchscript(&zip_tail(&mut file).map_err(io)?) {
                     return Err(ModelError::TorchScript {
                         path: path.to_path_buf(),
                     });
                 }
-                drop(bytes);
+                drop(file);
                 Self::read_pytorch(path)
             }
             Format::LegacyPickle => {
-                drop(bytes);
+                drop(file);
                 Self::read_pytorch(path)
             }
             Format::Unknown => Err(ModelError::UnknownFormat {
                 path: path.to_path_buf(),
-                magic: bytes
+                magic: head
                     .iter()
                     .take(8)
                     .map(|b| format!("{b:02x}"))
@@ -234,41 +103,6 @@ impl StateDict {
                     .join(" "),
             }),
         }
-    }
-
-    pub fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<StateDict> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        // The safetensors writer reorders tensors (by dtype, then name), so the file keeps no
-        // meaningful order; use the natural one, as for pickles.
-        let mut entries: Vec<_> = st.tensors();
-        entries.sort_by_key(|a| natural_key(&a.0));
-        let mut out = StateDict::new();
-        for (name, view) in entries {
-            let dtype = match view.dtype() {
-                StDtype::F32 => DType::F32,
-                StDtype::F16 => DType::F16,
-                StDtype::BF16 => DType::Bf16,
-                StDtype::F64 => DType::F64,
-                other => {
-                    // Integer buffers (e.g. HF `position_ids`) are not parameters; keep them out
-                    // of the float state but remember they existed so naming can explain them.
-                    if matches!(other, StDtype::I64 | StDtype::I32) {
-                        continue;
-                    }
-                    return Err(ModelError::UnsupportedDtype {
-                        path: path.to_path_buf(),
-                        name,
-                        dtype: format!("{other:?}"),
-                    });
-                }
-            };
-            let t = HostTensor::from_le_bytes(view.data(), dtype, view.shape().to_vec());
-            out.insert(name, t);
-        }
-        Ok(out)
     }
 
     fn read_pytorch(path: &Path) -> Result<StateDict> {
@@ -290,7 +124,7 @@ impl StateDict {
             let dtype = match t.dtype() {
                 PtDtype::F32 => DType::F32,
                 PtDtype::F16 => DType::F16,
-                PtDtype::BF16 => DType::Bf16,
+                PtDtype::BF16 => DType::BF16,
                 PtDtype::F64 => DType::F64,
                 PtDtype::I64 | PtDtype::I32 => continue,
                 other => {
@@ -318,64 +152,64 @@ impl StateDict {
     /// Writes safetensors atomically: a temporary file in the same folder, fsynced, then renamed,
     /// so an interrupted write never leaves a truncated file under the final name.
     /// `dtype` overrides every tensor's storage dtype; `None` keeps each tensor's own.
-    /// `shapes` overrides the written shape of some tensors (e.g. 0-dim `logit_scale`).
     pub fn write_safetensors(
         &self,
         path: &Path,
         dtype: Option<DType>,
-        metadata: Option<std::collections::HashMap<String, String>>,
+        metadata: Option<HashMap<String, String>>,
     ) -> Result<()> {
-        let werr = |reason: String| ModelError::Write {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let buffers: Vec<(String, Vec<usize>, DType, Vec<u8>)> = self
-            .iter()
-            .map(|(n, t)| {
-                let d = dtype.unwrap_or(t.dtype);
-                (n.to_string(), t.shape.clone(), d, t.to_bytes(d))
-            })
-            .collect();
-        let views = buffers
-            .iter()
-            .map(|(n, s, d, b)| {
-                safetensors::tensor::TensorView::new(d.st(), s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| werr(format!("tensor `{n}`: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, metadata).map_err(|e| werr(e.to_string()))?;
-        write_atomic(path, &bytes)
+        Ok(self.0.write_safetensors(path, dtype, metadata)?)
     }
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
+/// Writes `bytes` to `path` through a temporary sibling, fsync and a rename
+/// ([`clipstock_tensors::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let werr = |reason: String| ModelError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| werr("not a file path".into()))?
-        .to_string_lossy()
-        .to_string();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(werr(e.to_string()));
+    Ok(clipstock_tensors::write_atomic(path, bytes)?)
+}
+
+/// Each file-layer error becomes the variant that has always reported it, so messages stay as
+/// they were.
+impl From<TensorsError> for ModelError {
+    fn from(e: TensorsError) -> Self {
+        match e {
+            TensorsError::Io { path, source, .. } => ModelError::Io { path, source },
+            TensorsError::Format { path, reason } => ModelError::Safetensors { path, reason },
+            TensorsError::Read {
+                tensor,
+                file,
+                source,
+            } => ModelError::Safetensors {
+                path: file.into(),
+                reason: format!("cannot read tensor `{tensor}`: {source}"),
+            },
+            TensorsError::UnsupportedDtype {
+                path,
+                tensor,
+                dtype,
+            } => ModelError::UnsupportedDtype {
+                path,
+                name: tensor,
+                dtype: dtype.to_string(),
+            },
+            TensorsError::MissingTensor { tensor, file } => ModelError::Invalid {
+                context: file,
+                reason: format!("no tensor `{tensor}`"),
+            },
+            TensorsError::NotFloat {
+                tensor,
+                file,
+                dtype,
+            } => ModelError::Invalid {
+                context: file,
+                reason: format!("tensor `{tensor}` is {dtype}, not a float"),
+            },
+            TensorsError::Write { path, source } => ModelError::Write {
+                path,
+                reason: source.to_string(),
+            },
+        }
     }
-    Ok(())
 }
 
 enum Format {
@@ -383,12 +217,6 @@ enum Format {
     Zip,
     LegacyPickle,
     Unknown,
-}
-
-/// Whether `bytes` (a file's first 9 bytes suffice) start like safetensors: a u64 LE header
-/// length, then a JSON object.
-pub fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    bytes.len() >= 9 && bytes[8] == b'{'
 }
 
 fn detect_format(bytes: &[u8]) -> Format {
@@ -406,22 +234,20 @@ fn detect_format(bytes: &[u8]) -> Format {
     Format::Unknown
 }
 
-/// TorchScript archives hold `constants.pkl` and `code/` next to `data.pkl`; plain
-/// `torch.save` zips never do. The zip's central directory sits at the end of the file.
-fn is_torchscript(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(1 << 20)..];
-    let needle = b"constants.pkl";
-    tail.windows(needle.len()).any(|w| w == needle)
+/// The last MiB of a zip, where its central directory (the list of member names) sits.
+fn zip_tail(file: &mut File) -> std::io::Result<Vec<u8>> {
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(1 << 20)))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    Ok(tail)
 }
 
-/// Sort key that orders `blocks.10` after `blocks.9`.
-fn natural_key(s: &str) -> Vec<(String, u64)> {
-    s.split('.')
-        .map(|part| match part.parse::<u64>() {
-            Ok(n) => (String::new(), n),
-            Err(_) => (part.to_string(), 0),
-        })
-        .collect()
+/// TorchScript archives hold `constants.pkl` and `code/` next to `data.pkl`; plain
+/// `torch.save` zips never do.
+fn is_torchscript(tail: &[u8]) -> bool {
+    let needle = b"constants.pkl";
+    tail.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -433,7 +259,7 @@ mod tests {
         sd.insert("b", HostTensor::new(vec![2], DType::F16, vec![1.5, -2.0]));
         sd.insert(
             "a",
-            HostTensor::new(vec![1, 2], DType::Bf16, vec![0.25, 3.0]),
+            HostTensor::new(vec![1, 2], DType::BF16, vec![0.25, 3.0]),
         );
         sd.insert("s", HostTensor::new(vec![], DType::F32, vec![4.6052]));
         sd
@@ -505,9 +331,17 @@ mod tests {
     }
 
     #[test]
-    fn natural_order() {
-        let mut v = vec!["x.10.w", "x.9.w", "x.1.w"];
-        v.sort_by_key(|a| natural_key(a));
-        assert_eq!(v, ["x.1.w", "x.9.w", "x.10.w"]);
+    fn write_errors_keep_the_model_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("missing/dir/x.safetensors");
+        let err = sample()
+            .write_safetensors(&p, None, None)
+            .expect_err("no such dir");
+        assert!(matches!(err, ModelError::Write { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cannot write ") && msg.contains("x.safetensors"),
+            "{msg}"
+        );
     }
 }

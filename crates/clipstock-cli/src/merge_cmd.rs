@@ -6,9 +6,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use clipstock_merge::{
-    DType, HF_QKV_GROUP, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, merge_files,
+    DType, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, merge_files,
     ratio_plot_png, ratio_plot_svg, wise_ft_files,
 };
+use clipstock_model::naming;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MethodArg {
@@ -159,7 +160,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     if let Some(first) = a.models.first()
         && has_split_qkv(first)?
     {
-        opts.groups.push(HF_QKV_GROUP.to_string());
+        opts.groups.push(naming::HF_QKV_GROUP.to_string());
     }
     let anchor = anchor_path.as_deref();
     if a.method == MethodArg::WiseFt {
@@ -232,9 +233,9 @@ fn method_name(m: MethodArg) -> &'static str {
 
 fn has_split_qkv(path: &Path) -> Result<bool> {
     let f = SafetensorsFile::open(path, ReadMode::Auto)?;
-    Ok(f.tensors()
-        .iter()
-        .any(|t| t.name.contains("self_attn.q_proj.")))
+    Ok(naming::has_split_qkv(
+        f.tensors().iter().map(|t| t.name.as_str()),
+    ))
 }
 
 fn alpha_path(out: &Path, alpha: f64) -> PathBuf {

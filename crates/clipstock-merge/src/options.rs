@@ -107,7 +107,8 @@ pub struct MergeOptions {
     /// Regexes; a matching tensor is not selected even if included.
     pub exclude: Vec<String>,
     /// Group patterns with a `(?P<member>…)` capture (see [`crate::GroupRule`]); selected
-    /// tensors of one group share one Model Stock ratio. E.g. [`crate::HF_QKV_GROUP`].
+    /// tensors of one group share one Model Stock ratio. E.g. HF's q/k/v,
+    /// `clipstock_model::naming::HF_QKV_GROUP`.
     pub groups: Vec<String>,
     /// What unselected float tensors become.
     pub unselected: Unselected,

@@ -11,18 +11,13 @@ use crate::error::{MergeError, Result};
 /// Name of the capture that marks a group member's distinguishing part in a group pattern.
 pub const MEMBER_CAPTURE: &str = "member";
 
-/// Group preset for HF-transformers attention, which stores q, k and v as three tensors where
-/// OpenAI/open_clip store one fused `in_proj_weight` / `in_proj_bias`. Model Stock computes
-/// the ratio over the fused tensor, so the three must share one ratio:
-/// `….self_attn.{q,k,v}_proj.weight` form the group `….self_attn.*_proj.weight` (and the biases
-/// theirs), whose Gram is exactly the fused tensor's.
-pub const HF_QKV_GROUP: &str = r"^(?:.*\.)?self_attn\.(?P<member>[qkv])_proj\.(?:weight|bias)$";
-
 /// Tensors whose names match a pattern form groups that share one Model Stock ratio.
 ///
 /// The pattern must contain the named capture `member`: tensors whose names are equal outside
 /// that capture belong to one group, keyed by the name with the capture replaced by `*`
-/// (e.g. `layers.0.self_attn.*_proj.weight`).
+/// (e.g. `layers.0.self_attn.*_proj.weight`). Rules that know a checkpoint naming live with
+/// that naming (HF's q/k/v: `clipstock_model::naming::HF_QKV_GROUP`); this crate only applies
+/// them.
 #[derive(Debug, Clone)]
 pub struct GroupRule {
     pattern: String,
@@ -50,11 +45,6 @@ impl GroupRule {
             pattern: pattern.to_string(),
             regex,
         })
-    }
-
-    /// The HF q/k/v preset ([`HF_QKV_GROUP`]).
-    pub fn hf_qkv() -> Result<GroupRule> {
-        GroupRule::new(HF_QKV_GROUP)
     }
 
     /// The pattern text.
@@ -145,6 +135,10 @@ impl Selection {
 mod tests {
     use super::*;
 
+    /// The model crate's HF q/k/v rule (`clipstock_model::naming::HF_QKV_GROUP`), written out
+    /// here because this crate's tests must not pull in the model crate (and burn).
+    const HF_QKV_GROUP: &str = r"^(?:.*\.)?self_attn\.(?P<member>[qkv])_proj\.(?:weight|bias)$";
+
     #[test]
     fn hf_qkv_preset_groups_projections_per_layer_and_kind() {
         let names = [
@@ -158,7 +152,7 @@ mod tests {
             "vision_model.encoder.layers.1.self_attn.q_proj.weight",
             "vision_model.encoder.layers.1.mlp.fc1.weight",
         ];
-        let rule = GroupRule::hf_qkv().expect("preset compiles");
+        let rule = GroupRule::new(HF_QKV_GROUP).expect("preset compiles");
         let groups = group_tensors(names.iter().copied(), &[rule]);
         assert_eq!(groups.len(), 3);
         assert_eq!(

@@ -7,11 +7,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clipstock_merge::{
-    Action, Flag, HF_QKV_GROUP, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile,
-    TensorReport, analyze_files, merge_files,
+    Action, Flag, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, TensorReport,
+    analyze_files, merge_files,
 };
 use common::{assert_close, fixture, load};
 use serde_json::Value;
+
+/// The model crate's HF q/k/v rule (`clipstock_model::naming::HF_QKV_GROUP`, which the CLI
+/// passes for HF checkpoints), written out here: merge's tests must not pull in the model
+/// crate and burn.
+const HF_QKV_GROUP: &str = r"^(?:.*\.)?self_attn\.(?P<member>[qkv])_proj\.(?:weight|bias)$";
 
 fn ratios() -> Value {
     let text = std::fs::read_to_string(fixture("expected_ratios.json")).expect("ratios json");

@@ -60,6 +60,19 @@ impl Naming {
     }
 }
 
+/// The group rule for merging HF checkpoints (a `clipstock_merge::GroupRule` pattern). HF
+/// attention stores q, k and v as three tensors where OpenAI/open_clip store one fused
+/// `in_proj_weight` / `in_proj_bias`, and Model Stock computes the ratio over the fused tensor;
+/// so `….self_attn.{q,k,v}_proj.weight` form the group `….self_attn.*_proj.weight` (the biases
+/// theirs), whose summed Gram is exactly the fused tensor's and whose shared ratio therefore
+/// does not depend on the naming.
+pub const HF_QKV_GROUP: &str = r"^(?:.*\.)?self_attn\.(?P<member>[qkv])_proj\.(?:weight|bias)$";
+
+/// Whether tensor `names` store q/k/v separately, HF's way (so a merge needs [`HF_QKV_GROUP`]).
+pub fn has_split_qkv<'a>(names: impl IntoIterator<Item = &'a str>) -> bool {
+    names.into_iter().any(|n| n.contains("self_attn.q_proj."))
+}
+
 /// Wrapper prefixes that training frameworks put in front of a state dict.
 const WRAPPER_PREFIXES: &[&str] = &["state_dict.", "module.", "_orig_mod."];
 
@@ -405,6 +418,40 @@ mod tests {
         let (back, naming) = to_canonical(wrapped, "test").expect("canon");
         assert_eq!(naming, Naming::ModelSoups);
         assert_eq!(back, canon);
+    }
+
+    #[test]
+    fn hf_qkv_rule_groups_each_layers_qkv_and_nothing_else() {
+        let canon = random_canonical();
+        let hf = from_canonical(&canon, Naming::Hf).expect("to hf");
+        let rule = clipstock_merge::GroupRule::new(HF_QKV_GROUP).expect("the rule compiles");
+        let groups = clipstock_merge::group_tensors(hf.names(), std::slice::from_ref(&rule));
+        // Two vision layers and one text layer, weights and biases: six groups of three.
+        assert_eq!(groups.len(), 6, "{:?}", groups.keys());
+        for (key, members) in &groups {
+            assert!(key.contains(".self_attn.*_proj."), "{key}");
+            let mut want: Vec<String> = ["k", "q", "v"]
+                .iter()
+                .map(|m| key.replacen('*', m, 1))
+                .collect();
+            let mut got = members.clone();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "one layer's q/k/v of one kind, together");
+        }
+        let grouped: usize = groups.values().map(Vec::len).sum();
+        let qkv = hf
+            .names()
+            .filter(|n| {
+                [".q_proj.", ".k_proj.", ".v_proj."]
+                    .iter()
+                    .any(|p| n.contains(p))
+            })
+            .count();
+        assert_eq!((grouped, qkv), (18, 18), "nothing else is grouped");
+        assert!(clipstock_merge::group_tensors(canon.names(), &[rule]).is_empty());
+        assert!(has_split_qkv(hf.names()));
+        assert!(!has_split_qkv(canon.names()));
     }
 
     #[test]

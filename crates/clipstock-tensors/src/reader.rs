@@ -298,13 +298,12 @@ impl SafetensorsFile {
     }
 }
 
+/// A validated header: entries in storage order with their absolute data offsets, and the
+/// `__metadata__` map.
+type ParsedHeader = (Vec<(TensorInfo, u64)>, BTreeMap<String, String>);
+
 /// Parses and validates a header. `data_start` is the absolute offset of the data section.
-/// Returns the entries in storage order with their absolute data offsets.
-fn parse_header(
-    header: &[u8],
-    data_start: u64,
-    file_len: u64,
-) -> Result<(Vec<(TensorInfo, u64)>, BTreeMap<String, String>), String> {
+fn parse_header(header: &[u8], data_start: u64, file_len: u64) -> Result<ParsedHeader, String> {
     let map: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(header).map_err(|e| format!("header is not a JSON object: {e}"))?;
     let mut metadata = BTreeMap::new();

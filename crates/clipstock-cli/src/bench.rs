@@ -15,7 +15,7 @@ use clipstock_data::loader::Batch;
 use clipstock_merge::{MergeOptions, Method, TensorRef};
 use clipstock_model::load::{apply_state, module_state};
 use clipstock_model::model::{Autocast, ImageClassifier, Init};
-use clipstock_model::{ClipArch, DType, DeviceSpec, HostTensor, StateDict};
+use clipstock_model::{BurnDevice, ClipArch, DType, DeviceSpec, HostTensor, StateDict};
 use clipstock_train::session::{Run, adamw};
 use clipstock_train::state_refs;
 use clipstock_train::step::{LossScale, StepRunner};

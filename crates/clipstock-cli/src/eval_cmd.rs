@@ -13,7 +13,7 @@ use clipstock_data::classes::{ClassFiles, ClassSpace};
 use clipstock_data::layouts::{EvalSet, OpenOptions, SetName, open_eval_set};
 use clipstock_eval::{EvalOptions, EvalResults, Prediction, Progress, SetSource, evaluate};
 use clipstock_model::zeroshot::zeroshot_head_from_files;
-use clipstock_model::{Checkpoint, DeviceSpec, ImageClassifier, StateDict};
+use clipstock_model::{BurnDevice, Checkpoint, DeviceSpec, ImageClassifier, StateDict};
 use clipstock_train::Quiet;
 
 #[derive(Args)]
@@ -34,7 +34,7 @@ pub struct EvalArgs {
     data_root: Option<PathBuf>,
     /// Comma-separated: imagenet, imagenet_v2, imagenet_sketch, imagenet_r, imagenet_a, objectnet.
     #[arg(long, value_delimiter = ',')]
-    sets: Vec<String>,
+    sets: Vec<SetName>,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Evaluate an evenly spaced subset of K images per set.
@@ -77,7 +77,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let (models, data_root, class_files, mut sets_wanted, run_reader) = match &a.run {
         Some(run_dir) => {
             let reader = clipstock_train::RunReader::open(run_dir)?;
-            let spec = &reader.spec;
+            let spec = &reader.plan.spec;
             if a.class_dir.is_some() || a.head.is_some() || a.classnames.is_some() {
                 bail!(
                     "--class-dir, --head and --classnames do not apply with --run: the run's \
@@ -90,8 +90,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             eprintln!("loading the models of {}", run_dir.display());
             let models = reader.models(&device, &mut Quiet)?;
             let root = a.data_root.clone().unwrap_or(spec.data.root.clone());
-            let files = clipstock_train::class_files(spec);
-            let sets = spec.eval.sets.clone();
+            let files = clipstock_train::class_files(&reader.plan.class_files_dir);
+            let sets = reader.plan.eval.sets.clone();
             (models, root, files, sets, Some(reader))
         }
         None => {
@@ -119,7 +119,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         sets_wanted = a.sets.clone();
     }
     if sets_wanted.is_empty() {
-        sets_wanted = SetName::ALL.iter().map(|s| s.key().to_string()).collect();
+        sets_wanted = SetName::ALL.to_vec();
     }
     if !data_root.is_dir() {
         bail!("data root `{}` is not a folder", data_root.display());
@@ -131,8 +131,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         expect_published_sizes: size_check,
     };
     let mut sets: Vec<EvalSet> = Vec::new();
-    for key in &sets_wanted {
-        let name = SetName::parse(key)?;
+    for &name in &sets_wanted {
         let set = open_eval_set(name, &data_root, &classes, &opts)?;
         sets.push(set);
     }

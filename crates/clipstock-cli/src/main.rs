@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use clipstock_model::load::{Checkpoint, classifier_state, export, module_state};
-use clipstock_model::zeroshot::{read_string_list, zeroshot_head};
-use clipstock_model::{ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
+use clipstock_model::zeroshot::{read_string_list, read_templates, zeroshot_head};
+use clipstock_model::{BurnDevice, ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
 
 mod bench;
 mod eval_cmd;
@@ -234,13 +234,7 @@ fn zeroshot(a: ZeroshotArgs) -> Result<()> {
     let ckpt = Checkpoint::read(&a.weights)?;
     let model: ClipModel = ckpt.clip(&device)?;
     let classes = read_string_list(&a.classes)?;
-    let templates = read_string_list(&a.templates)?;
-    if let Some(bad) = templates.iter().find(|t| !t.contains("{}")) {
-        bail!(
-            "{}: template {bad:?} has no `{{}}` placeholder for the class name",
-            a.templates.display()
-        );
-    }
+    let templates = read_templates(&a.templates)?;
     let tokenizer = ClipTokenizer::new(
         ckpt.arch
             .text

@@ -29,8 +29,10 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let spec = clipstock_config::load(&a.config, &a.set)?;
-    let plan = clipstock_train::RunPlan::resolve(&spec)?;
+    // The plan resolves the paths (file-relative or working-directory-relative, see
+    // configs/README.md) and checks the input files before anything is created.
+    let plan = clipstock_config::load_plan(&a.config, &a.set)?;
+    let spec = &plan.spec;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

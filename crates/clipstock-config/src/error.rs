@@ -55,6 +55,21 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+
+    /// A file the run reads (`model.weights`, the head's files) that is not there.
+    #[error("{}: `{key}`: `{}` does not exist or is not a file", file.display(), path.display())]
+    MissingFile {
+        file: PathBuf,
+        key: String,
+        path: PathBuf,
+    },
+
+    /// Relative `--set` paths and defaults resolve against it; without it they cannot.
+    #[error("cannot read the working directory")]
+    WorkingDir {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn location_suffix(location: &Option<(usize, usize)>, overridden: bool) -> String {
@@ -71,7 +86,8 @@ impl ConfigError {
         match self {
             ConfigError::UnknownOverrideKey { key, .. }
             | ConfigError::Schema { key, .. }
-            | ConfigError::Invalid { key, .. } => Some(key),
+            | ConfigError::Invalid { key, .. }
+            | ConfigError::MissingFile { key, .. } => Some(key),
             _ => None,
         }
     }

@@ -2,20 +2,32 @@
 //!
 //! Deliberately burn-free: a typo in a run file is reported in milliseconds, before any model
 //! is built. Pipeline: TOML text → `toml::Table` → overrides → [`RunSpec`] (strict serde,
-//! unknown keys are errors) → range checks. Paths are not checked for existence here; the
-//! trainer does that with file-specific errors.
+//! unknown keys are errors) → range checks → [`RunSpec::resolve`]: the [`RunPlan`], with the
+//! cross-field checks, the paths resolved (the rule: [`RunSpec::resolve`] and
+//! configs/README.md) and the input files checked to exist.
+//!
+//! It is also the vocabulary other crates share: [`DeviceSpec`], [`SetName`], [`ArchPreset`].
 
+mod arch;
+mod device;
 mod error;
 mod overrides;
+mod plan;
 mod schema;
+mod sets;
 mod validate;
 
-use std::ops::Range;
 use std::path::Path;
 
+pub use arch::{ARCHS, ArchPreset, UnknownArch};
+pub use device::{DeviceSpec, DeviceSpecError};
 pub use error::ConfigError;
 pub use overrides::KEYS;
+pub use plan::{
+    Boundary, ClassFilesDir, EvalPlan, Generate, HeadPlan, MergePlan, PATH_KEYS, PathBases, RunPlan,
+};
 pub use schema::*;
+pub use sets::{SetName, UnknownSetName};
 pub use validate::is_device_syntax;
 
 /// Reads, overrides, deserializes and validates a run file.
@@ -25,6 +37,17 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<RunSpec, ConfigError> {
         source,
     })?;
     from_str(&text, path, overrides)
+}
+
+/// [`load`], then [`RunSpec::resolve`] with the paths of `path`, `overrides` and the working
+/// directory ([`PathBases::for_file`]): what `clipstock train` runs on.
+pub fn load_plan(path: &Path, overrides: &[String]) -> Result<RunPlan, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let spec = from_str(&text, path, overrides)?;
+    spec.resolve(&PathBases::for_file(path, &text, overrides)?)
 }
 
 /// As [`load`], for text already in memory; `origin` is the file named in errors.
@@ -72,64 +95,72 @@ impl RunSpec {
 }
 
 fn deserialize(text: &str, origin: &Path, overridden: bool) -> Result<RunSpec, ConfigError> {
-    toml::from_str::<RunSpec>(text).map_err(|e| schema_error(e, text, origin, overridden))
+    let syntax = |e: toml::de::Error| ConfigError::Syntax {
+        file: origin.to_path_buf(),
+        message: e.to_string().trim_end().to_owned(),
+    };
+    let de = toml::Deserializer::parse(text).map_err(syntax)?;
+    serde_path_to_error::deserialize(de).map_err(|e| schema_error(e, text, origin, overridden))
 }
 
-/// Turns a toml/serde error into one that names the dotted key. toml 1 keeps the key path
-/// private but gives a span, so the key is recovered by finding which entry of the document
-/// the span falls in.
-fn schema_error(e: toml::de::Error, text: &str, origin: &Path, overridden: bool) -> ConfigError {
-    let span = e.span();
-    let message = e.message().trim_end().to_owned();
-    let Some(span) = span else {
-        // Only a missing top-level section has no span.
-        return ConfigError::Schema {
-            file: origin.to_path_buf(),
-            key: missing_field(&message).unwrap_or_default().to_owned(),
-            message: describe(&message),
-            location: None,
-            overridden,
-        };
-    };
-    let mut location = Some(line_col(text, span.start));
-    let mut path = match missing_field(&message) {
-        // The span is the table's that lacks the key; the key itself is only in the message.
-        Some(field) => {
-            let mut path = table_path_with_span(text, &span);
-            if path.is_empty() {
-                // A missing section: the "position" would be the start of the file.
-                location = None;
-            }
-            path.push(field.to_owned());
-            path
+/// A schema error with the dotted key of the value it is about. serde reports an unknown or a
+/// missing key at the table that holds it, so that key's name (which serde's own message
+/// quotes) is the last part.
+fn schema_error(
+    e: serde_path_to_error::Error<toml::de::Error>,
+    text: &str,
+    origin: &Path,
+    overridden: bool,
+) -> ConfigError {
+    let mut key = dotted(e.path());
+    let inner = e.inner();
+    let message = inner.message().trim_end().to_owned();
+    // A missing section is reported at the document, whose "position" is its first byte.
+    let mut location = inner.span().map(|span| line_col(text, span.start));
+    if let Some(field) = quoted_after(&message, "missing field `") {
+        if key.is_empty() {
+            location = None;
         }
-        None => key_path_at(text, &span),
-    };
-    if let Some(field) = unknown_field(&message)
-        && path.last().map(String::as_str) != Some(field)
+        push_key(&mut key, field);
+    } else if let Some(field) = quoted_after(&message, "unknown field `")
+        && key.rsplit('.').next() != Some(field)
     {
-        path.push(field.to_owned());
+        push_key(&mut key, field);
     }
     ConfigError::Schema {
         file: origin.to_path_buf(),
-        key: path.join("."),
+        key,
         message: describe(&message),
         location,
         overridden,
     }
 }
 
-fn missing_field(message: &str) -> Option<&str> {
-    between(message, "missing field `", "`")
+/// `a.b[2].c` from serde_path_to_error's segments.
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path {
+        match segment {
+            Segment::Map { key: k } => push_key(&mut key, k),
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    key
 }
 
-fn unknown_field(message: &str) -> Option<&str> {
-    between(message, "unknown field `", "`")
+fn push_key(dotted: &mut String, key: &str) {
+    if !dotted.is_empty() {
+        dotted.push('.');
+    }
+    dotted.push_str(key);
 }
 
-fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let rest = s.strip_prefix(start)?;
-    rest.split_once(end).map(|(inner, _)| inner)
+/// The name serde quotes after `prefix` in its `missing field` / `unknown field` messages.
+fn quoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split_once('`').map(|(inner, _)| inner)
 }
 
 /// serde's "unknown field" lists the expected fields; say "key" since that is TOML's word.
@@ -143,53 +174,6 @@ fn describe(message: &str) -> String {
     } else {
         message.to_owned()
     }
-}
-
-/// The dotted path of the innermost key or value whose span holds `span.start`.
-fn key_path_at(text: &str, span: &Range<usize>) -> Vec<String> {
-    let Ok(doc) = toml::de::DeTable::parse(text) else {
-        return Vec::new();
-    };
-    let mut path = Vec::new();
-    find_in_table(doc.get_ref(), span.start, &mut path);
-    path
-}
-
-/// The dotted path of the table whose span is exactly `span` (empty: the document itself).
-fn table_path_with_span(text: &str, span: &Range<usize>) -> Vec<String> {
-    fn walk(table: &toml::de::DeTable<'_>, span: &Range<usize>, path: &mut Vec<String>) -> bool {
-        for (key, value) in table.iter() {
-            if let toml::de::DeValue::Table(inner) = value.get_ref() {
-                path.push(key.get_ref().to_string());
-                if value.span() == *span || walk(inner, span, path) {
-                    return true;
-                }
-                path.pop();
-            }
-        }
-        false
-    }
-    let mut path = Vec::new();
-    if let Ok(doc) = toml::de::DeTable::parse(text) {
-        walk(doc.get_ref(), span, &mut path);
-    }
-    path
-}
-
-fn find_in_table(table: &toml::de::DeTable<'_>, at: usize, path: &mut Vec<String>) -> bool {
-    for (key, value) in table.iter() {
-        path.push(key.get_ref().to_string());
-        if let toml::de::DeValue::Table(inner) = value.get_ref()
-            && find_in_table(inner, at, path)
-        {
-            return true;
-        }
-        if key.span().contains(&at) || value.span().contains(&at) {
-            return true;
-        }
-        path.pop();
-    }
-    false
 }
 
 /// 1-based line and column (in characters) of a byte offset.

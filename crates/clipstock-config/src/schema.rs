@@ -264,7 +264,8 @@ pub enum Period {
 }
 
 impl Period {
-    /// Merge every this many epochs, if the period is counted in epochs.
+    /// Merge every this many epochs, if the period is counted in epochs. The trainer asks
+    /// [`MergePlan::due`](crate::MergePlan::due) instead.
     pub fn every_epochs(&self) -> Option<u64> {
         match *self {
             Period::Epoch => Some(1),
@@ -345,7 +346,7 @@ impl Default for EvalSection {
     }
 }
 
-/// The evaluation sets of SPEC.md §5, in the order results tables list them.
+/// The keys of the evaluation sets of SPEC.md §5: `eval.sets`'s default, in this order.
 pub const EVAL_SETS: [&str; 6] = [
     "imagenet",
     "imagenet_v2",
@@ -354,9 +355,6 @@ pub const EVAL_SETS: [&str; 6] = [
     "imagenet_a",
     "objectnet",
 ];
-
-/// Architecture names accepted by `model.arch` (clipstock-model's presets).
-pub const ARCHS: [&str; 3] = ["ViT-B-32", "ViT-B-16", "ViT-L-14"];
 
 /// Generators accepted by `data.generate`.
 pub const GENERATORS: [&str; 1] = ["quickstart"];
@@ -401,26 +399,16 @@ impl RunSpec {
         self.run.output_dir.join(&self.run.name)
     }
 
-    /// Joins every relative path of the file onto `base` (normally the working directory).
+    /// Joins every relative path of the spec onto the one `base`.
     ///
     /// Absolute paths are left alone. `data.class_dir = None` stays None: its default is
-    /// resolved by whoever reads it, against the same base.
+    /// resolved by whoever reads it, against the same base. [`RunSpec::resolve`] is the rule a
+    /// run uses (each path against the place it was written).
     pub fn resolve_paths(&mut self, base: &Path) {
-        let join = |p: &mut PathBuf| {
+        for (_, p) in self.paths_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
-        };
-        join(&mut self.run.output_dir);
-        join(&mut self.model.weights);
-        join(&mut self.model.classnames);
-        join(&mut self.model.templates);
-        if let HeadSource::File(p) = &mut self.model.head {
-            join(p);
-        }
-        join(&mut self.data.root);
-        if let Some(p) = &mut self.data.class_dir {
-            join(p);
         }
     }
 }

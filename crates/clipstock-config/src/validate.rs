@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::path::Path;
 
-use crate::ConfigError;
-use crate::schema::{ARCHS, EVAL_SETS, GENERATORS, HeadSource, Period, RunSpec};
+use crate::schema::{GENERATORS, HeadSource, Period, RunSpec};
+use crate::{ARCHS, ArchPreset, ConfigError, DeviceSpec, SetName};
 
 struct Checker<'a> {
     file: &'a Path,
@@ -36,26 +36,16 @@ impl Checker<'_> {
     }
 }
 
-/// Whether `s` is `cpu`, `flex`, `ndarray`, `wgpu[:N]` or `cuda[:N]`.
+/// Whether `s` is `cpu`, `flex`, `ndarray`, `wgpu[:N]` or `cuda[:N]` ([`DeviceSpec`]'s
+/// spelling).
 ///
 /// Only the syntax: whether the backend is compiled in and the ordinal exists is the model
 /// crate's business at run time.
 pub fn is_device_syntax(s: &str) -> bool {
-    let (name, ordinal) = match s.split_once(':') {
-        Some((n, o)) => (n, Some(o)),
-        None => (s, None),
-    };
-    match (name, ordinal) {
-        ("cpu" | "flex" | "ndarray", None) => true,
-        ("wgpu" | "cuda", None) => true,
-        ("wgpu" | "cuda", Some(o)) => {
-            !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()) && o.parse::<usize>().is_ok()
-        }
-        _ => false,
-    }
+    s.parse::<DeviceSpec>().is_ok()
 }
 
-const DEVICE_ALLOWED: &str = "cpu, flex, ndarray, wgpu, wgpu:N, cuda or cuda:N";
+const DEVICE_ALLOWED: &str = DeviceSpec::EXPECTED;
 
 pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
     let c = Checker { file };
@@ -130,7 +120,7 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
     let model = &spec.model;
     if let Some(arch) = &model.arch {
         c.check(
-            ARCHS.contains(&arch.as_str()),
+            arch.parse::<ArchPreset>().is_ok(),
             "model.arch",
             arch,
             &format!("one of {ARCHS:?} (or omit it to infer from the weights)"),
@@ -269,18 +259,11 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
     let e = &spec.eval;
     let mut seen = HashSet::new();
     for (i, s) in e.sets.iter().enumerate() {
-        c.check(
-            EVAL_SETS.contains(&s.as_str()),
-            &format!("eval.sets[{i}]"),
-            s,
-            &format!("one of {EVAL_SETS:?}"),
-        )?;
-        c.check(
-            seen.insert(s.as_str()),
-            &format!("eval.sets[{i}]"),
-            s,
-            "each set at most once",
-        )?;
+        let key = format!("eval.sets[{i}]");
+        let set = SetName::from_name(s)
+            .map_err(|_| c.fail(&key, s, &format!("one of {}", SetName::valid_names())))?;
+        // `imagenet` and `in` are one set.
+        c.check(seen.insert(set), &key, s, "each set at most once")?;
     }
     if let Some(n) = e.limit_per_set {
         c.check(

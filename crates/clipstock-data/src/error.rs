@@ -47,8 +47,8 @@ pub enum DataError {
         reason: String,
     },
 
-    #[error("unknown evaluation set `{name}`; valid names: {valid}")]
-    UnknownSet { name: String, valid: String },
+    #[error(transparent)]
+    UnknownSet(#[from] clipstock_config::UnknownSetName),
 
     // --- options ---
     #[error("invalid {what}: {reason}")]

@@ -12,107 +12,19 @@ use rayon::prelude::*;
 use crate::DataError;
 use crate::classes::{ClassSpace, Projection};
 
-/// The six evaluation sets.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-// snake_case alone would give `image_net`; the serde names must be the keys.
-#[serde(rename_all = "snake_case")]
-pub enum SetName {
-    #[serde(rename = "imagenet", alias = "in")]
-    ImageNet,
-    #[serde(rename = "imagenet_v2", alias = "v2")]
-    ImageNetV2,
-    #[serde(rename = "imagenet_sketch", alias = "sketch")]
-    ImageNetSketch,
-    #[serde(rename = "imagenet_r", alias = "r")]
-    ImageNetR,
-    #[serde(rename = "imagenet_a", alias = "a")]
-    ImageNetA,
-    #[serde(rename = "objectnet")]
-    ObjectNet,
-}
+pub use clipstock_config::SetName;
 
-impl SetName {
-    /// The paper's column order (ImageNet, then the five shifts as tabulated).
-    pub const ALL: [SetName; 6] = [
-        SetName::ImageNet,
-        SetName::ImageNetV2,
-        SetName::ImageNetSketch,
-        SetName::ImageNetR,
-        SetName::ObjectNet,
-        SetName::ImageNetA,
-    ];
-
-    /// The name used in configs, results files and on the command line (also the serde name).
-    pub fn key(self) -> &'static str {
-        match self {
-            SetName::ImageNet => "imagenet",
-            SetName::ImageNetV2 => "imagenet_v2",
-            SetName::ImageNetSketch => "imagenet_sketch",
-            SetName::ImageNetR => "imagenet_r",
-            SetName::ImageNetA => "imagenet_a",
-            SetName::ObjectNet => "objectnet",
-        }
-    }
-
-    /// Accepts the keys, case-insensitively and with `-` for `_`, and the short forms `in`,
-    /// `v2`, `sketch`, `r`, `a`.
-    pub fn parse(s: &str) -> Result<SetName, DataError> {
-        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
-        let found = match norm.as_str() {
-            "imagenet" | "in" => Some(SetName::ImageNet),
-            "imagenet_v2" | "imagenetv2" | "v2" => Some(SetName::ImageNetV2),
-            "imagenet_sketch" | "sketch" => Some(SetName::ImageNetSketch),
-            "imagenet_r" | "r" => Some(SetName::ImageNetR),
-            "imagenet_a" | "a" => Some(SetName::ImageNetA),
-            "objectnet" => Some(SetName::ObjectNet),
-            _ => None,
-        };
-        found.ok_or_else(|| DataError::UnknownSet {
-            name: s.to_owned(),
-            valid: SetName::ALL
-                .iter()
-                .map(|n| n.key())
-                .collect::<Vec<_>>()
-                .join(", ")
-                + " (or in, v2, sketch, r, a)",
-        })
-    }
-
-    /// The results-table header.
-    pub fn title(self) -> &'static str {
-        match self {
-            SetName::ImageNet => "ImageNet",
-            SetName::ImageNetV2 => "IN-V2",
-            SetName::ImageNetSketch => "IN-Sketch",
-            SetName::ImageNetR => "IN-R",
-            SetName::ImageNetA => "IN-A",
-            SetName::ObjectNet => "ObjectNet",
-        }
-    }
-
-    /// The number of images in the published set (SPEC.md §5).
-    pub fn published_size(self) -> usize {
-        match self {
-            SetName::ImageNet => 50_000,
-            SetName::ImageNetV2 => 10_000,
-            SetName::ImageNetSketch => 50_889,
-            SetName::ImageNetR => 30_000,
-            SetName::ImageNetA => 7_500,
-            SetName::ObjectNet => 18_574,
-        }
-    }
-
-    /// True for the five distribution shifts whose mean is the OOD score.
-    pub fn is_shift(self) -> bool {
-        self != SetName::ImageNet
-    }
-
+/// Where a set's folder may be under the data root: knowledge of layouts, so it lives here
+/// while the names themselves are the config crate's vocabulary.
+pub trait SetLayout {
     /// The folders tried under the data root, in order; the first that exists is used. Nested
     /// variants come before their parents so that a parent holding the real folder is not
     /// mistaken for the set itself.
-    pub fn candidate_dirs(self) -> &'static [&'static str] {
+    fn candidate_dirs(self) -> &'static [&'static str];
+}
+
+impl SetLayout for SetName {
+    fn candidate_dirs(self) -> &'static [&'static str] {
         match self {
             SetName::ImageNet => &[
                 "imagenet/val",
@@ -149,12 +61,6 @@ impl SetName {
                 "ObjectNet/images",
             ],
         }
-    }
-}
-
-impl std::fmt::Display for SetName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.key())
     }
 }
 
@@ -618,32 +524,6 @@ pub fn open_train_set(data_root: &Path, classes: &ClassSpace) -> Result<TrainSet
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for s in SetName::ALL {
-            assert_eq!(SetName::parse(s.key()).ok(), Some(s));
-            assert_eq!(SetName::parse(&s.key().to_uppercase()).ok(), Some(s));
-            let json = serde_json::to_string(&s).unwrap_or_default();
-            assert_eq!(json, format!("\"{}\"", s.key()));
-            let back: Option<SetName> = serde_json::from_str(&json).ok();
-            assert_eq!(back, Some(s));
-        }
-        assert_eq!(SetName::parse("v2").ok(), Some(SetName::ImageNetV2));
-        let alias: Option<SetName> = serde_json::from_str("\"r\"").ok();
-        assert_eq!(alias, Some(SetName::ImageNetR));
-        assert_eq!(SetName::parse("imagenet-r").ok(), Some(SetName::ImageNetR));
-        let err = SetName::parse("imagenet_c").err().map(|e| e.to_string());
-        let err = err.unwrap_or_default();
-        assert!(
-            err.contains("imagenet_c") && err.contains("objectnet"),
-            "{err}"
-        );
-        let shifts = SetName::ALL.iter().filter(|s| s.is_shift()).count();
-        assert_eq!(shifts, 5);
-        let total: usize = SetName::ALL.iter().map(|s| s.published_size()).sum();
-        assert_eq!(total, 50_000 + 10_000 + 50_889 + 30_000 + 7_500 + 18_574);
-    }
 
     #[test]
     fn limit_is_evenly_spaced_and_stable() {

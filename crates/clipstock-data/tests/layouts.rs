@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use clipstock_data::DataError;
 use clipstock_data::classes::{ClassFiles, ClassSpace, Projection, top_k};
 use clipstock_data::fixtures::{FixtureManifest, FixtureSpec, write_fixture_tree};
-use clipstock_data::layouts::{EvalSet, OpenOptions, SetName, open_eval_set, open_train_set};
+use clipstock_data::layouts::{
+    EvalSet, OpenOptions, SetLayout, SetName, open_eval_set, open_train_set,
+};
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data")

@@ -1,6 +1,7 @@
 //! CLIP architecture descriptions: presets, inference from a checkpoint's shapes, and the
 //! key/shape table a checkpoint in canonical (OpenAI) naming must match.
 
+use clipstock_config::ArchPreset;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -71,6 +72,29 @@ fn text(width: usize, layers: usize) -> TextArch {
     }
 }
 
+/// The sizes of a `model.arch` preset (OpenAI's released models).
+impl From<ArchPreset> for ClipArch {
+    fn from(preset: ArchPreset) -> ClipArch {
+        match preset {
+            ArchPreset::VitB32 => ClipArch {
+                embed_dim: 512,
+                vision: vision(224, 32, 768, 12),
+                text: Some(text(512, 12)),
+            },
+            ArchPreset::VitB16 => ClipArch {
+                embed_dim: 512,
+                vision: vision(224, 16, 768, 12),
+                text: Some(text(512, 12)),
+            },
+            ArchPreset::VitL14 => ClipArch {
+                embed_dim: 768,
+                vision: vision(224, 14, 1024, 24),
+                text: Some(text(768, 12)),
+            },
+        }
+    }
+}
+
 impl ClipArch {
     /// Presets by open_clip name (`ViT-B-32`) or OpenAI name (`ViT-B/32`).
     pub fn preset(name: &str) -> Option<ClipArch> {
@@ -79,28 +103,17 @@ impl ClipArch {
             .filter(|c| c.is_ascii_alphanumeric())
             .collect::<String>()
             .to_ascii_lowercase();
-        match key.as_str() {
-            "vitb32" => Some(ClipArch {
-                embed_dim: 512,
-                vision: vision(224, 32, 768, 12),
-                text: Some(text(512, 12)),
-            }),
-            "vitb16" => Some(ClipArch {
-                embed_dim: 512,
-                vision: vision(224, 16, 768, 12),
-                text: Some(text(512, 12)),
-            }),
-            "vitl14" => Some(ClipArch {
-                embed_dim: 768,
-                vision: vision(224, 14, 1024, 24),
-                text: Some(text(768, 12)),
-            }),
-            _ => None,
-        }
+        let preset = match key.as_str() {
+            "vitb32" => ArchPreset::VitB32,
+            "vitb16" => ArchPreset::VitB16,
+            "vitl14" => ArchPreset::VitL14,
+            _ => return None,
+        };
+        Some(preset.into())
     }
 
     pub fn preset_names() -> &'static [&'static str] {
-        &["ViT-B-32", "ViT-B-16", "ViT-L-14"]
+        &clipstock_config::ARCHS
     }
 
     /// Infers the architecture from tensor shapes in canonical naming, following OpenAI's
@@ -317,6 +330,13 @@ mod tests {
         let l14 = ClipArch::preset("vit_l_14").map(|a| a.num_params());
         assert_eq!(l14, Some(427_616_513));
         assert!(ClipArch::preset("ViT-H-14").is_none());
+    }
+
+    #[test]
+    fn every_config_preset_has_sizes() {
+        for p in ArchPreset::ALL {
+            assert_eq!(ClipArch::preset(p.name()), Some(ClipArch::from(p)), "{p}");
+        }
     }
 
     #[test]

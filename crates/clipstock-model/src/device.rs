@@ -1,102 +1,33 @@
-//! `--device` parsing: one flag for every backend compiled in.
-
-use std::fmt;
-use std::str::FromStr;
+//! A [`DeviceSpec`] made a burn `Device`. The spelling (parsing, display, serde, the error
+//! text) is the config crate's, so run files and every `--device` flag agree; this file only
+//! knows which burn backend each one is and whether it is compiled in.
 
 use burn::tensor::Device;
 
+pub use clipstock_config::DeviceSpec;
+
 use crate::error::ModelError;
 
-/// A backend and device index chosen on the command line or in a config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum DeviceSpec {
-    /// The fastest CPU backend (measured: flex; see docs/PERFORMANCE.md).
-    Cpu,
-    Flex,
-    NdArray,
-    Wgpu(usize),
-    Cuda(usize),
-}
-
-impl FromStr for DeviceSpec {
-    type Err = ModelError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim().to_ascii_lowercase();
-        let (name, index) = match lower.split_once(':') {
-            Some((n, i)) => (
-                n,
-                i.parse::<usize>()
-                    .map_err(|_| ModelError::UnknownDevice(s.to_string()))?,
-            ),
-            None => (lower.as_str(), 0),
-        };
-        match name {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "flex" => Ok(DeviceSpec::Flex),
-            "ndarray" => Ok(DeviceSpec::NdArray),
-            "wgpu" | "gpu" | "vulkan" => Ok(DeviceSpec::Wgpu(index)),
-            "cuda" => Ok(DeviceSpec::Cuda(index)),
-            _ => Err(ModelError::UnknownDevice(s.to_string())),
-        }
-    }
-}
-
-impl TryFrom<String> for DeviceSpec {
-    type Error = ModelError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<DeviceSpec> for String {
-    fn from(d: DeviceSpec) -> String {
-        d.to_string()
-    }
-}
-
-impl fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceSpec::Cpu => f.write_str("cpu"),
-            DeviceSpec::Flex => f.write_str("flex"),
-            DeviceSpec::NdArray => f.write_str("ndarray"),
-            DeviceSpec::Wgpu(i) => write!(f, "wgpu:{i}"),
-            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
-
-impl DeviceSpec {
+/// The burn side of a [`DeviceSpec`] (a trait because the type is the config crate's).
+pub trait BurnDevice: Copy {
     /// The burn device, chosen explicitly (with wgpu compiled in, `Device::default()` would
     /// silently pick it even on a CPU-only machine).
-    pub fn device(self) -> Result<Device, ModelError> {
+    fn device(self) -> Result<Device, ModelError>;
+
+    /// The same device with autodiff enabled, for training.
+    fn autodiff_device(self) -> Result<Device, ModelError> {
+        Ok(self.device()?.autodiff())
+    }
+}
+
+impl BurnDevice for DeviceSpec {
+    fn device(self) -> Result<Device, ModelError> {
         match self {
             DeviceSpec::Cpu | DeviceSpec::Flex => Ok(Device::flex()),
             DeviceSpec::NdArray => ndarray(),
             DeviceSpec::Wgpu(i) => wgpu(i),
             DeviceSpec::Cuda(i) => cuda(i),
         }
-    }
-
-    /// The same device with autodiff enabled, for training.
-    pub fn autodiff_device(self) -> Result<Device, ModelError> {
-        Ok(self.device()?.autodiff())
-    }
-
-    /// Backends compiled into this build.
-    pub fn available() -> Vec<&'static str> {
-        let mut v = vec!["cpu", "flex"];
-        if cfg!(feature = "ndarray") {
-            v.push("ndarray");
-        }
-        if cfg!(feature = "wgpu") {
-            v.push("wgpu");
-        }
-        if cfg!(feature = "cuda") {
-            v.push("cuda");
-        }
-        v
     }
 }
 
@@ -139,15 +70,24 @@ fn cuda(_index: usize) -> Result<Device, ModelError> {
 mod tests {
     use super::*;
 
+    /// Parsing is the config crate's (tested there); the CPU spellings must make a device in
+    /// every build.
     #[test]
-    fn parse() {
-        assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
-        assert_eq!(
-            "CUDA:3".parse::<DeviceSpec>().ok(),
-            Some(DeviceSpec::Cuda(3))
-        );
-        assert_eq!("wgpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Wgpu(0)));
-        assert!("tpu".parse::<DeviceSpec>().is_err());
-        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+    fn the_cpu_spellings_make_a_device() {
+        for text in ["cpu", "flex"] {
+            let spec: DeviceSpec = text.parse().expect("a device spelling");
+            assert!(spec.device().is_ok(), "{text}");
+            assert!(spec.autodiff_device().is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_backend_left_out_of_the_build_is_named() {
+        if !cfg!(feature = "cuda") {
+            let e = DeviceSpec::Cuda(0)
+                .device()
+                .expect_err("cuda is not compiled in");
+            assert!(e.to_string().contains("cuda"), "{e}");
+        }
     }
 }

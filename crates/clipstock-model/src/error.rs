@@ -55,8 +55,6 @@ pub enum ModelError {
     Invalid { context: String, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
-    #[error("unknown device `{0}`: expected cpu, flex, ndarray, wgpu[:N] or cuda[:N]")]
-    UnknownDevice(String),
     #[error("device `{0}` is not compiled into this build (enable the cargo feature `{1}`)")]
     DeviceNotCompiled(String, &'static str),
     #[error("{path}: {reason}")]

@@ -13,7 +13,7 @@ pub mod tokenizer;
 pub mod zeroshot;
 
 pub use arch::ClipArch;
-pub use device::DeviceSpec;
+pub use device::{BurnDevice, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use load::Checkpoint;
 pub use model::{ClipModel, ImageClassifier};

@@ -1,5 +1,5 @@
 //! CLIP in burn. Field names follow OpenAI's state-dict keys, so a module's parameter path is
-//! its canonical checkpoint key (see [`crate::params`]); weights keep PyTorch's layout
+//! its canonical checkpoint key (see [`crate::load::module_state`]); weights keep PyTorch's layout
 //! (`[out, in]`) so import, export and Model Stock's per-tensor ratios need no transposes.
 
 use burn::module::{Module, Param};
@@ -354,7 +354,7 @@ pub struct ClipTokenEmbedding {
 }
 
 /// The text tower. Its fields sit at the top level of OpenAI's state dict (no `text.` prefix);
-/// [`crate::params`] maps the module path accordingly.
+/// [`crate::load::module_state`] maps the module path accordingly.
 #[derive(Module, Debug)]
 pub struct ClipTextTransformer {
     pub token_embedding: ClipTokenEmbedding,

@@ -34,6 +34,19 @@ pub fn read_string_list(path: &Path) -> Result<Vec<String>> {
     Ok(list)
 }
 
+/// Reads a JSON array of prompt templates, each with a `{}` for the class name (a template
+/// without one would give every class the same prompt, silently).
+pub fn read_templates(path: &Path) -> Result<Vec<String>> {
+    let templates = read_string_list(path)?;
+    if let Some(bad) = templates.iter().find(|t| !t.contains("{}")) {
+        return Err(ModelError::Json {
+            path: path.to_path_buf(),
+            reason: format!("template {bad:?} has no `{{}}` placeholder for the class name"),
+        });
+    }
+    Ok(templates)
+}
+
 /// Fills a template's `{}` with the class name, as Python's `template.format(name)` does for the
 /// OpenAI templates (each has exactly one `{}`).
 pub fn fill_template(template: &str, classname: &str) -> String {
@@ -139,7 +152,7 @@ pub fn zeroshot_head_from_files(
         .map(|t| t.context_length)
         .unwrap_or(77);
     let classnames = read_string_list(classnames)?;
-    let templates = read_string_list(templates)?;
+    let templates = read_templates(templates)?;
     zeroshot_head(
         &clip,
         &ClipTokenizer::new(ctx),
@@ -152,4 +165,23 @@ pub fn zeroshot_head_from_files(
             _ => ControlFlow::Continue(()),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_without_a_placeholder_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t.json");
+        std::fs::write(&p, r#"["a photo of a {}.", "a photo."]"#).expect("write");
+        let e = read_templates(&p).expect_err("no placeholder").to_string();
+        assert!(e.contains("t.json") && e.contains("\"a photo.\""), "{e}");
+        std::fs::write(&p, r#"["a photo of a {}."]"#).expect("write");
+        assert_eq!(
+            read_templates(&p).ok(),
+            Some(vec!["a photo of a {}.".to_string()])
+        );
+    }
 }

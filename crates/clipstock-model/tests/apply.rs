@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use clipstock_model::load::{apply_state, module_state};
 use clipstock_model::model::{ImageClassifier, Init};
-use clipstock_model::{ClipArch, DeviceSpec, HostTensor, StateDict};
+use clipstock_model::{BurnDevice, ClipArch, DeviceSpec, HostTensor, StateDict};
 
 fn tiny_arch() -> ClipArch {
     ClipArch {

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use clipstock_model::load::{Checkpoint, classifier_state, export, module_state, with_dtypes_of};
 use clipstock_model::zeroshot::{read_string_list, zeroshot_weights};
-use clipstock_model::{ClipArch, ClipTokenizer, DeviceSpec, Naming, StateDict};
+use clipstock_model::{BurnDevice, ClipArch, ClipTokenizer, DeviceSpec, Naming, StateDict};
 
 /// f32 on a CPU backend. Features are O(1), so this is close to a relative bound too.
 const CPU_TOL: f32 = 1e-4;

@@ -14,13 +14,13 @@ use tracing::{info, info_span};
 use crate::error::{Result, TrainError, io};
 use crate::events::{Event, Observer};
 use crate::hooks::{CheckpointHook, EpochEnd, EpochHook, HookCx, default_hooks, evaluate_model};
-use crate::plan::RunPlan;
 use crate::rundir::{
     EpochRow, Record, ResumeRecord, RunDir, StepRecord, TrainerState, summary_csv,
 };
 use crate::schedule::{constant_lr, cosine_lr};
 use crate::session::{Session, check_precision};
 use crate::step::{LossScale, NonFinite, StepRunner};
+use clipstock_config::RunPlan;
 
 /// How a training call behaves beyond the config.
 #[derive(Clone, Default)]

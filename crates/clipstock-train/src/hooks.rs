@@ -19,11 +19,11 @@ use tracing::{info, info_span};
 
 use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
-use crate::plan::{Boundary, RunPlan};
 use crate::rundir::{EvalRecord, MergeRecord, Record, RunDir, TrainerState};
 use crate::session::{
     Session, eval_error, eval_options, load_run_record, new_optimizer, run_label,
 };
+use clipstock_config::{Boundary, RunPlan};
 
 /// Everything a hook may read or change.
 pub struct HookCx<'a> {

@@ -24,16 +24,15 @@ pub mod events;
 mod export;
 pub mod hooks;
 mod optim_state;
-pub mod plan;
 pub mod rundir;
 pub mod schedule;
 pub mod session;
 pub mod step;
 
+pub use clipstock_config::RunPlan;
 pub use driver::{Outcome, TrainOptions, train};
 pub use error::{Result, TrainError};
 pub use events::{Event, Observer, Quiet};
 pub use hooks::state_refs;
-pub use plan::RunPlan;
 pub use rundir::{EpochRow, RunReader, TrainerState};
 pub use session::{autocast_of, build_w0, class_files};

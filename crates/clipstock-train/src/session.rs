@@ -2,7 +2,7 @@
 //! their devices with their optimizers, the training samples and the evaluation sets.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -11,7 +11,9 @@ use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::FloatDType;
-use clipstock_config::{HeadSource, OptimSection, Precision, RunSpec};
+use clipstock_config::{
+    ClassFilesDir, Generate, HeadSource, OptimSection, Precision, RunPlan, RunSpec,
+};
 use clipstock_data::classes::{ClassFiles, ClassSpace};
 use clipstock_data::layouts::{EvalSet, OpenOptions, Sample, open_eval_set, open_train_set};
 use clipstock_data::loader::{Loader, LoaderOptions, epoch_order};
@@ -20,11 +22,10 @@ use clipstock_eval::{EvalOptions, PreparedSet};
 use clipstock_model::load::{HEAD_BIAS, apply_state, canonical_of_module_state, module_state};
 use clipstock_model::model::Autocast;
 use clipstock_model::zeroshot::zeroshot_head_from_files;
-use clipstock_model::{Checkpoint, DeviceSpec, ImageClassifier, StateDict};
+use clipstock_model::{BurnDevice, Checkpoint, DeviceSpec, ImageClassifier, StateDict};
 
 use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
-use crate::plan::RunPlan;
 
 /// In-memory preparation of evaluation sets pays off below this size.
 const PREPARE_BUDGET_BYTES: usize = 1 << 30;
@@ -96,18 +97,16 @@ impl Session {
     /// with [`TrainError::Interrupted`].
     pub fn build(plan: &RunPlan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Result<Self> {
         let spec = &plan.spec;
-        let classes = ClassSpace::load(&class_files(spec))?;
-        if spec.data.generate.is_some() {
-            obs.on(Event::Phase(format!(
-                "quickstart image sets in {} (written from the shipped assets on first use)",
-                spec.data.root.display()
-            )));
-            let assets = spec
-                .data
-                .class_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("data/quickstart"));
-            clipstock_data::quickstart::ensure_quickstart_tree(&assets, &spec.data.root)?;
+        let classes = ClassSpace::load(&class_files(&plan.class_files_dir))?;
+        match &plan.generate {
+            Some(Generate::Quickstart { assets }) => {
+                obs.on(Event::Phase(format!(
+                    "quickstart image sets in {} (written from the shipped assets on first use)",
+                    spec.data.root.display()
+                )));
+                clipstock_data::quickstart::ensure_quickstart_tree(assets, &spec.data.root)?;
+            }
+            None => {}
         }
 
         let eval_device = plan.eval_device.device()?;
@@ -247,7 +246,7 @@ fn open_eval_sets(
         expect_published_sizes: spec.eval.expect_published_sizes,
     };
     let mut on_disk = Vec::new();
-    for &name in &plan.eval_sets {
+    for &name in &plan.eval.sets {
         on_disk.push(open_eval_set(name, &spec.data.root, classes, &open_opts)?);
     }
     let bytes_needed: usize = on_disk
@@ -284,11 +283,11 @@ fn samples_hash(samples: &[Sample]) -> u64 {
     })
 }
 
-/// The class files a run uses: `data.class_dir` or the ImageNet files under `data/`.
-pub fn class_files(spec: &RunSpec) -> ClassFiles {
-    match &spec.data.class_dir {
-        Some(d) => ClassFiles::in_dir(d),
-        None => ClassFiles::imagenet(Path::new("data")),
+/// The class files of a plan's label space.
+pub fn class_files(dir: &ClassFilesDir) -> ClassFiles {
+    match dir {
+        ClassFilesDir::Custom(d) => ClassFiles::in_dir(d),
+        ClassFilesDir::ImageNet(d) => ClassFiles::imagenet(d),
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::Device;
-use clipstock_config::RunSpec;
+use clipstock_config::RunPlan;
 use clipstock_data::classes::ClassSpace;
 use clipstock_eval::EvalResults;
 use clipstock_model::load::apply_state;
@@ -20,9 +20,11 @@ use crate::session::{build_w0, class_files, load_run_record, run_label};
 /// A run directory opened for reading.
 pub struct RunReader {
     pub path: PathBuf,
-    /// The run's resolved config, with `run.output_dir`/`run.name` pointing at `path` (the
-    /// directory may have been moved since it was written).
-    pub spec: RunSpec,
+    /// The plan of the run's stored config (its relative paths resolve against the run
+    /// directory, see [`RunSpec::resolve`](clipstock_config::RunSpec::resolve)), with
+    /// `run.output_dir`/`run.name` pointing at `path` (the directory may have been moved since
+    /// it was written).
+    pub plan: RunPlan,
     /// The state of the last complete checkpoint.
     pub state: TrainerState,
 }
@@ -30,25 +32,27 @@ pub struct RunReader {
 impl RunReader {
     pub fn open(path: &Path) -> Result<RunReader> {
         let cfg = path.join("config.toml");
-        let mut spec = clipstock_config::load(&cfg, &[])?;
-        if spec.run_dir() != path {
+        let mut plan = clipstock_config::load_plan(&cfg, &[])?;
+        let here = std::path::absolute(path).map_err(io("resolve", path))?;
+        if plan.run_dir != here {
             tracing::info!(
                 "config names run directory {}; reading {}",
-                spec.run_dir().display(),
+                plan.run_dir.display(),
                 path.display()
             );
         }
-        if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
-            spec.run.output_dir = parent.to_path_buf();
-            spec.run.name = name.to_string_lossy().to_string();
+        if let (Some(parent), Some(name)) = (here.parent(), here.file_name()) {
+            plan.spec.run.output_dir = parent.to_path_buf();
+            plan.spec.run.name = name.to_string_lossy().to_string();
         }
+        plan.run_dir = here;
         if !path.join("checkpoints").join("latest.json").is_file() {
             return Err(TrainError::NothingToResume(path.to_path_buf()));
         }
         let state = read_latest(path)?;
         Ok(RunReader {
             path: path.to_path_buf(),
-            spec,
+            plan,
             state,
         })
     }
@@ -75,11 +79,12 @@ impl RunReader {
         device: &Device,
         obs: &mut dyn Observer,
     ) -> Result<Vec<(String, ImageClassifier)>> {
-        let classes = ClassSpace::load(&class_files(&self.spec))?;
-        let base = build_w0(&self.spec, &classes, device, None, obs)?.base;
+        let spec = &self.plan.spec;
+        let classes = ClassSpace::load(&class_files(&self.plan.class_files_dir))?;
+        let base = build_w0(spec, &classes, device, None, obs)?.base;
         let ck = checkpoint_dir(&self.path, &self.state);
         let mut out = vec![("zero-shot".to_string(), base.clone())];
-        for (i, &seed) in self.spec.run.seeds.iter().enumerate() {
+        for (i, &seed) in spec.run.seeds.iter().enumerate() {
             let model = load_run_record(base.clone(), &ck.join(format!("run_{}.bpk", i + 1)))?;
             out.push((run_label(i, seed), model));
         }

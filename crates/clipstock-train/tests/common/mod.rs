@@ -33,9 +33,7 @@ pub fn spec(out: &Path, name: &str, extra: &[String]) -> RunPlan {
         "eval.limit_per_set=8".into(),
     ];
     sets.extend_from_slice(extra);
-    let spec =
-        clipstock_config::load(&root().join("configs/quickstart.toml"), &sets).expect("config");
-    RunPlan::resolve(&spec).expect("plan")
+    clipstock_config::load_plan(&root().join("configs/quickstart.toml"), &sets).expect("plan")
 }
 
 pub fn options(resume: bool, stop: bool) -> TrainOptions {

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use clipstock_merge::{
-    DType, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, merge_files,
+    DType, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, Source, merge_files,
     ratio_plot_png, ratio_plot_svg, wise_ft_files,
 };
 use clipstock_model::naming;

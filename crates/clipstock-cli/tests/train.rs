@@ -3,7 +3,7 @@
 //! uninterrupted run, the NaN guard, and config errors.
 
 mod common;
-use common::{assert_fails_with, assert_ok, clipstock, root};
+use common::{TABLE_COLUMNS, assert_fails_with, assert_ok, clipstock, root};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -85,15 +85,7 @@ fn quickstart_runs_end_to_end() {
     // The results table: every set column, the OOD mean, and rows for zero-shot, both runs
     // and the merge.
     let table = std::fs::read_to_string(run.join("results.md")).expect("results");
-    for col in [
-        "ImageNet",
-        "IN-V2",
-        "IN-Sketch",
-        "IN-R",
-        "ObjectNet",
-        "IN-A",
-        "avg shifts",
-    ] {
+    for col in TABLE_COLUMNS {
         assert!(table.contains(col), "column {col} missing:\n{table}");
     }
     for row in [
@@ -246,6 +238,49 @@ fn latest_state(run: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("json")
 }
 
+/// Resumes the run `args` started and asserts that it finishes.
+fn resume(args: &[String]) {
+    let mut resume = args.to_vec();
+    resume.push("--resume".into());
+    assert_ok(&clipstock(&resume));
+}
+
+/// The bytes of `file` in run directory `run` under `out`.
+fn run_file(out: &Path, run: &str, file: &str) -> Vec<u8> {
+    std::fs::read(out.join(run).join(file)).expect("a file the run wrote")
+}
+
+/// Asserts that runs `a` and `b` under `out` wrote byte-identical `files`.
+fn assert_same_files(out: &Path, (a, b): (&str, &str), files: &[&str], why: &str) {
+    for f in files {
+        assert!(
+            run_file(out, a, f) == run_file(out, b, f),
+            "{f} differs {why}"
+        );
+    }
+}
+
+const FINAL_EXPORTS: [&str; 3] = [
+    "merged_final.safetensors",
+    "run_1_final.safetensors",
+    "run_2_final.safetensors",
+];
+
+/// Runs the small quickstart with `extra` to the end as `straight`, then again as
+/// `interrupted`, stopped by Ctrl-C when stderr shows `marker`. Returns the interrupted run's
+/// arguments and the state of its last checkpoint.
+fn straight_then_interrupted(
+    out: &Path,
+    extra: &[&str],
+    marker: &str,
+    what: &str,
+) -> (Vec<String>, serde_json::Value) {
+    assert_ok(&clipstock(&small_quickstart(out, "straight", extra)));
+    let args = small_quickstart(out, "interrupted", extra);
+    ctrl_c_at_line(&args, marker, what);
+    (args, latest_state(&out.join("interrupted")))
+}
+
 #[test]
 fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -274,9 +309,7 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
         "the kill must land between the first checkpoint and the end: {state}"
     );
 
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    assert_ok(&clipstock(&resume));
+    resume(&args);
     // What the killed process logged after its checkpoint was cut: every step record once.
     let metrics = std::fs::read_to_string(tmp.path().join("killed/metrics.jsonl")).expect("m");
     let steps: Vec<u64> = metrics
@@ -290,18 +323,12 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     assert_eq!(steps, unique, "duplicated step records after resume");
     assert_eq!(steps.len(), 36);
 
-    let read =
-        |run: &str, file: &str| std::fs::read(tmp.path().join(run).join(file)).expect("final file");
-    assert!(
-        read("straight", "merged_final.safetensors") == read("killed", "merged_final.safetensors"),
-        "the resumed merge differs from the uninterrupted one"
+    assert_same_files(
+        tmp.path(),
+        ("straight", "killed"),
+        &FINAL_EXPORTS,
+        "after SIGKILL and resume",
     );
-    for f in ["run_1_final.safetensors", "run_2_final.safetensors"] {
-        assert!(
-            read("straight", f) == read("killed", f),
-            "{f} differs after resume"
-        );
-    }
 
     // Ctrl-C (SIGINT) in the middle of epoch 1: a checkpoint at that very step, a clean exit,
     // and a resume from the middle of the epoch that still ends bitwise equal.
@@ -326,19 +353,13 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
             .join("interrupted/merged_final.safetensors")
             .exists()
     );
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    assert_ok(&clipstock(&resume));
-    for f in [
-        "merged_final.safetensors",
-        "run_1_final.safetensors",
-        "run_2_final.safetensors",
-    ] {
-        assert!(
-            read("straight", f) == read("interrupted", f),
-            "{f} differs after Ctrl-C + resume"
-        );
-    }
+    resume(&args);
+    assert_same_files(
+        tmp.path(),
+        ("straight", "interrupted"),
+        &FINAL_EXPORTS,
+        "after Ctrl-C + resume",
+    );
 }
 
 #[test]
@@ -352,19 +373,12 @@ fn ctrl_c_during_an_evaluation_checkpoints_and_the_resume_redoes_it() {
         "data.workers=1",
         "eval.runs=false",
     ];
-    assert_ok(&clipstock(&small_quickstart(
+    let (args, latest) = straight_then_interrupted(
         tmp.path(),
-        "straight",
         &extra,
-    )));
-
-    let args = small_quickstart(tmp.path(), "interrupted", &extra);
-    ctrl_c_at_line(
-        &args,
         "eval zero-shot · imagenet_v2",
         "the zero-shot evaluation starts",
     );
-    let latest = latest_state(&tmp.path().join("interrupted"));
     assert_eq!(latest["global_step"], 0, "{latest}");
     assert_eq!(
         latest["evals"].as_array().map(Vec::len),
@@ -372,17 +386,12 @@ fn ctrl_c_during_an_evaluation_checkpoints_and_the_resume_redoes_it() {
         "{latest}"
     );
 
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    assert_ok(&clipstock(&resume));
-    let read = |run: &str, f: &str| std::fs::read(tmp.path().join(run).join(f)).expect("file");
-    assert!(
-        read("straight", "merged_final.safetensors")
-            == read("interrupted", "merged_final.safetensors")
-    );
+    resume(&args);
+    let pair = ("straight", "interrupted");
+    assert_same_files(tmp.path(), pair, &FINAL_EXPORTS[..1], "after the resume");
     // The tables differ only in their title (the run name).
     let table = |run: &str| {
-        let t = String::from_utf8(read(run, "results.md")).expect("utf-8");
+        let t = String::from_utf8(run_file(tmp.path(), run, "results.md")).expect("utf-8");
         t.lines().skip(1).collect::<Vec<_>>().join("\n")
     };
     assert_eq!(
@@ -648,19 +657,12 @@ fn ctrl_c_during_the_merged_evaluation_resumes_without_merging_again() {
         "data.workers=1",
         "eval.zero_shot=false",
     ];
-    assert_ok(&clipstock(&small_quickstart(
+    let (args, latest) = straight_then_interrupted(
         tmp.path(),
-        "straight",
         &extra,
-    )));
-
-    let args = small_quickstart(tmp.path(), "interrupted", &extra);
-    ctrl_c_at_line(
-        &args,
         "eval merged · imagenet_v2",
         "the merged model's evaluation starts",
     );
-    let latest = latest_state(&tmp.path().join("interrupted"));
     assert_eq!(latest["epoch"], 0, "{latest}");
     assert_eq!(latest["epoch_end_merged"], true, "{latest}");
     let models: Vec<&str> = latest["evals"]
@@ -671,17 +673,14 @@ fn ctrl_c_during_the_merged_evaluation_resumes_without_merging_again() {
         .collect();
     assert_eq!(models, ["run 1 (seed 1)", "run 2 (seed 2)"], "{latest}");
 
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    assert_ok(&clipstock(&resume));
-    let read = |run: &str, f: &str| std::fs::read(tmp.path().join(run).join(f)).expect("file");
-    for f in [
-        "merged_final.safetensors",
-        "run_1_final.safetensors",
-        "run_2_final.safetensors",
-    ] {
-        assert!(read("straight", f) == read("interrupted", f), "{f} differs");
-    }
+    resume(&args);
+    let read = |run: &str, f: &str| run_file(tmp.path(), run, f);
+    assert_same_files(
+        tmp.path(),
+        ("straight", "interrupted"),
+        &FINAL_EXPORTS,
+        "after the resume",
+    );
     // Every evaluation's accuracies and every merge, once each and as in the straight run.
     let records = |run: &str| -> Vec<String> {
         String::from_utf8(read(run, "metrics.jsonl"))

@@ -9,7 +9,7 @@ use crate::ConfigError;
 use crate::arch::ArchPreset;
 use crate::device::DeviceSpec;
 use crate::schema::{
-    AfterMerge, Anchor, GENERATORS, HeadSource, MergeMethod, OptimizerStatePolicy, Period, RunSpec,
+    EvalSection, GENERATORS, HeadSource, MergeMethod, MergeSection, Period, RunSpec,
 };
 use crate::sets::SetName;
 
@@ -259,25 +259,9 @@ impl RunSpec {
         }
 
         let micro_batch_size = spec.optim.micro_batch_size.unwrap_or(spec.optim.batch_size);
-        let m = &spec.merge;
-        let merge = MergePlan {
-            method: m.method,
-            period: m.period,
-            anchor: m.anchor,
-            clamp_t: m.clamp_t,
-            optimizer_state: m.optimizer_state,
-            after_merge: m.after_merge,
-        };
-        let e = &spec.eval;
         let eval = EvalPlan {
             sets,
-            every_epochs: e.every_epochs,
-            limit_per_set: e.limit_per_set,
-            batch_size: e.batch_size,
-            zero_shot: e.zero_shot,
-            runs: e.runs,
-            objectnet_border_crop: e.objectnet_border_crop,
-            expect_published_sizes: e.expect_published_sizes,
+            section: spec.eval.clone(),
         };
         Ok(RunPlan {
             run_dir: spec.run_dir(),
@@ -291,7 +275,7 @@ impl RunSpec {
             generate,
             weights: spec.model.weights.clone(),
             head,
-            merge,
+            merge: spec.merge,
             eval,
             spec,
         })
@@ -371,16 +355,9 @@ pub enum HeadPlan {
     File(PathBuf),
 }
 
-/// `[merge]`, and the one reader of `merge.period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MergePlan {
-    pub method: MergeMethod,
-    pub period: Period,
-    pub anchor: Anchor,
-    pub clamp_t: bool,
-    pub optimizer_state: OptimizerStatePolicy,
-    pub after_merge: AfterMerge,
-}
+/// `[merge]` needs no resolving; the plan stage adds the one reader of `merge.period`
+/// ([`MergeSection::due`]).
+pub type MergePlan = MergeSection;
 
 /// A point of the training loop where a merge may be due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,7 +373,7 @@ pub enum Boundary {
     },
 }
 
-impl MergePlan {
+impl MergeSection {
     /// Whether the runs are ever merged.
     pub fn merges(&self) -> bool {
         self.method != MergeMethod::None
@@ -439,27 +416,20 @@ impl MergePlan {
 }
 
 /// `[eval]`, with the sets typed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvalPlan {
     /// `eval.sets` in the file's order, aliases resolved; empty: no evaluation.
     pub sets: Vec<SetName>,
-    /// 0: only at the end.
-    pub every_epochs: u64,
-    pub limit_per_set: Option<usize>,
-    pub batch_size: usize,
-    /// Evaluate w0 before training.
-    pub zero_shot: bool,
-    /// Evaluate each run, not only the merge.
-    pub runs: bool,
-    pub objectnet_border_crop: bool,
-    pub expect_published_sizes: bool,
+    /// The rest of `[eval]` as the file gives it (its `sets` keep the file's spellings).
+    pub section: EvalSection,
 }
 
 impl EvalPlan {
     /// Whether the models are evaluated at the end of `epoch` (1-based): the last epoch, and
     /// every `every_epochs`.
     pub fn due(&self, epoch: u64, last: bool) -> bool {
-        last || (self.every_epochs > 0 && epoch.is_multiple_of(self.every_epochs))
+        let every = self.section.every_epochs;
+        last || (every > 0 && epoch.is_multiple_of(every))
     }
 }
 

@@ -215,7 +215,7 @@ impl std::str::FromStr for Precision {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MergeSection {
     pub method: MergeMethod,

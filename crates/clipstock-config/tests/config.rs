@@ -3,22 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use clipstock_config::{
     AfterMerge, Anchor, ConfigError, EVAL_SETS, HeadSource, KEYS, MergeMethod,
     OptimizerStatePolicy, Period, Precision, RunSpec, Schedule, from_str, load,
 };
-
-const MINIMAL: &str = r#"
-[run]
-name = "t"
-seeds = [1, 2]
-
-[model]
-weights = "w.safetensors"
-
-[data]
-root = "datasets"
-"#;
+use common::MINIMAL;
 
 /// The lead's quickstart, verbatim from the brief.
 const QUICKSTART: &str = r#"

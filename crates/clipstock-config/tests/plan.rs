@@ -4,11 +4,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use clipstock_config::{
-    AfterMerge, Anchor, Boundary, ClassFilesDir, ConfigError, DeviceSpec, EvalPlan, Generate,
-    HeadPlan, MergeMethod, MergePlan, OptimizerStatePolicy, PathBases, Period, RunPlan, SetName,
-    from_str,
+    AfterMerge, Anchor, Boundary, ClassFilesDir, ConfigError, DeviceSpec, EvalPlan, EvalSection,
+    Generate, HeadPlan, MergeMethod, MergePlan, OptimizerStatePolicy, PathBases, Period, RunPlan,
+    SetName, from_str,
 };
+use common::MINIMAL;
 
 /// A run file's folder and a working directory, each with the files a zero-shot run reads.
 struct Tree {
@@ -42,18 +45,6 @@ fn tree() -> Tree {
         cwd,
     }
 }
-
-const MINIMAL: &str = r#"
-[run]
-name = "t"
-seeds = [1, 2]
-
-[model]
-weights = "w.safetensors"
-
-[data]
-root = "datasets"
-"#;
 
 impl Tree {
     fn file(&self) -> PathBuf {
@@ -364,7 +355,7 @@ fn sets_batches_and_generators_are_typed() {
         ["objectnet", "v2", "sketch"],
         "stored as written"
     );
-    assert_eq!(plan.eval.every_epochs, 3);
+    assert_eq!(plan.eval.section.every_epochs, 3);
     assert_eq!(plan.accumulation_steps, 4);
     assert_eq!(plan.micro_batch_size, 16);
     assert_eq!(plan.arch, Some(clipstock_config::ArchPreset::VitL14));
@@ -485,13 +476,10 @@ fn the_plan_carries_the_merge_section() {
 fn evaluation_and_checkpoint_schedules() {
     let eval = |every_epochs| EvalPlan {
         sets: vec![SetName::ImageNet],
-        every_epochs,
-        limit_per_set: None,
-        batch_size: 8,
-        zero_shot: true,
-        runs: true,
-        objectnet_border_crop: false,
-        expect_published_sizes: true,
+        section: EvalSection {
+            every_epochs,
+            ..EvalSection::default()
+        },
     };
     let due: Vec<u64> = (1..=6).filter(|&e| eval(2).due(e, false)).collect();
     assert_eq!(due, [2, 4, 6]);

@@ -4,6 +4,8 @@
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
+use clipstock_tensors::IoError;
+
 use crate::DataError;
 
 /// One ObjectNet class kept for evaluation and the ImageNet classes it is scored against.
@@ -80,11 +82,7 @@ fn bad(what: &'static str, path: &Path, reason: impl Into<String>) -> DataError 
 }
 
 fn read_text(path: &Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(std::fs::read_to_string(path).map_err(IoError::at("read", path))?)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(

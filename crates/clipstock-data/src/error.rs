@@ -4,13 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot {action} `{path}`: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] clipstock_tensors::IoError),
 
     // --- preprocessing (decode, resize, augmentation) ---
     #[error("cannot decode image `{path}`: {reason}")]

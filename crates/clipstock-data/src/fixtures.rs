@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use clipstock_tensors::IoError;
 use image::{ImageFormat, Rgb, RgbImage};
 
 use crate::DataError;
@@ -97,20 +98,13 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn mkdir(&self, rel: &Path) -> Result<(), DataError> {
         let dir = self.root.join(rel);
-        std::fs::create_dir_all(&dir).map_err(|source| DataError::Io {
-            action: "create folder",
-            path: dir,
-            source,
-        })
+        Ok(std::fs::create_dir_all(&dir).map_err(IoError::at("create folder", &dir))?)
     }
 
     fn write(&self, rel: &Path, bytes: &[u8]) -> Result<(), DataError> {
         let path = self.root.join(rel);
-        std::fs::write(&path, bytes).map_err(|source| DataError::Io {
-            action: "write",
-            path,
-            source,
-        })
+        std::fs::write(&path, bytes).map_err(IoError::at("write", &path))?;
+        Ok(())
     }
 
     /// Writes `images_per_class` images into `rel_dir` and returns their relative paths.

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use clipstock_tensors::IoError;
 use rayon::prelude::*;
 
 use crate::DataError;
@@ -142,12 +143,8 @@ pub fn is_image_file(path: &Path) -> bool {
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DataError {
-    let path = path.to_path_buf();
-    move |source| DataError::Io {
-        action,
-        path,
-        source,
-    }
+    let at = IoError::at(action, path);
+    move |source| DataError::Io(at(source))
 }
 
 fn find_set_dir(

@@ -18,6 +18,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use clipstock_tensors::IoError;
 use image::codecs::jpeg::JpegDecoder;
 use image::codecs::png::PngDecoder;
 use image::{DynamicImage, ImageDecoder, ImageFormat, Limits, RgbImage};
@@ -50,11 +51,7 @@ impl Default for DecodeLimits {
 
 /// Reads and decodes an image file; see [`decode_bytes`].
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        action: "read image",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(IoError::at("read image", path))?;
     decode_bytes(&bytes, path, limits)
 }
 

@@ -23,6 +23,7 @@ use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use clipstock_tensors::IoError;
 use image::ImageEncoder;
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
@@ -159,11 +160,7 @@ pub fn ensure_quickstart_tree(assets: &Path, root: &Path) -> Result<QuickstartSu
 }
 
 fn io(action: &'static str, path: &Path, source: std::io::Error) -> DataError {
-    DataError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    DataError::Io(IoError::new(action, path, source))
 }
 
 fn bad(what: &'static str, path: &Path, reason: impl Into<String>) -> DataError {

@@ -9,6 +9,7 @@ use clipstock_data::fixtures::{FixtureManifest, FixtureSpec, write_fixture_tree}
 use clipstock_data::layouts::{
     EvalSet, OpenOptions, SetLayout, SetName, open_eval_set, open_train_set,
 };
+use clipstock_tensors::IoError;
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data")
@@ -21,7 +22,7 @@ fn imagenet_classes() -> ClassSpace {
     }
 }
 
-fn ok<T>(r: Result<T, DataError>) -> T {
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => panic!("unexpected error: {e}"),
@@ -36,11 +37,7 @@ fn err<T: std::fmt::Debug>(r: Result<T, DataError>) -> String {
 }
 
 fn fixture(spec: &FixtureSpec) -> (tempfile::TempDir, ClassSpace, FixtureManifest) {
-    let dir = ok(tempfile::tempdir().map_err(|source| DataError::Io {
-        action: "create",
-        path: PathBuf::from("tempdir"),
-        source,
-    }));
+    let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let classes = imagenet_classes();
     let manifest = ok(write_fixture_tree(dir.path(), &classes, spec));
     (dir, classes, manifest)
@@ -66,19 +63,9 @@ fn manifest_samples(m: &FixtureManifest, set: SetName) -> Vec<(PathBuf, usize)> 
 fn mv(root: &Path, from: &str, to: &str) {
     let to = root.join(to);
     if let Some(parent) = to.parent() {
-        ok(fs::create_dir_all(parent).map_err(|source| DataError::Io {
-            action: "create",
-            path: parent.to_path_buf(),
-            source,
-        }));
+        ok(fs::create_dir_all(parent).map_err(IoError::at("create", parent)));
     }
-    ok(
-        fs::rename(root.join(from), &to).map_err(|source| DataError::Io {
-            action: "rename",
-            path: to.clone(),
-            source,
-        }),
-    );
+    ok(fs::rename(root.join(from), &to).map_err(IoError::at("rename", &to)));
 }
 
 #[test]
@@ -325,13 +312,8 @@ fn folder_name_variants() {
 
     // ObjectNet's class folders directly under `objectnet-1.0`.
     mv(root, "objectnet-1.0/images", "tmp-on");
-    ok(
-        fs::remove_dir(root.join("objectnet-1.0")).map_err(|source| DataError::Io {
-            action: "remove",
-            path: root.join("objectnet-1.0"),
-            source,
-        }),
-    );
+    ok(fs::remove_dir(root.join("objectnet-1.0"))
+        .map_err(IoError::at("remove", &root.join("objectnet-1.0"))));
     mv(root, "tmp-on", "objectnet-1.0");
     let on = ok(open_eval_set(
         SetName::ObjectNet,
@@ -346,11 +328,7 @@ fn folder_name_variants() {
 #[test]
 fn a_missing_data_root_lists_every_path_tried() {
     let classes = imagenet_classes();
-    let dir = ok(tempfile::tempdir().map_err(|source| DataError::Io {
-        action: "create",
-        path: PathBuf::from("tempdir"),
-        source,
-    }));
+    let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let root = dir.path().join("no-such-root");
     for set in SetName::ALL {
         let e = err(open_eval_set(set, &root, &classes, &OpenOptions::default()));
@@ -385,21 +363,10 @@ fn a_missing_data_root_lists_every_path_tried() {
 #[test]
 fn a_set_folder_without_images_is_an_error_naming_it() {
     let classes = imagenet_classes();
-    let dir = ok(tempfile::tempdir().map_err(|source| DataError::Io {
-        action: "create",
-        path: PathBuf::from("tempdir"),
-        source,
-    }));
+    let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let set_dir = dir.path().join("imagenet/val");
     let class_dir = set_dir.join(&classes.wnids[3]);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DataError::Io {
-            action: "write",
-            path,
-            source,
-        }
-    };
+    let io = |path: &Path| IoError::at("write", path);
     ok(fs::create_dir_all(&class_dir).map_err(io(&class_dir)));
     ok(fs::write(class_dir.join("notes.txt"), b"x").map_err(io(&class_dir)));
     ok(fs::write(set_dir.join("README"), b"x").map_err(io(&set_dir)));
@@ -443,11 +410,7 @@ fn empty_class_folders_and_stray_files_are_warnings() {
         .join("sketch")
         .join(&classes.wnids[0])
         .join("Thumbs.db");
-    ok(fs::write(&stray, b"x").map_err(|source| DataError::Io {
-        action: "write",
-        path: stray.clone(),
-        source,
-    }));
+    ok(fs::write(&stray, b"x").map_err(IoError::at("write", &stray)));
     let im = ok(open_eval_set(
         SetName::ImageNet,
         root,
@@ -490,11 +453,7 @@ fn folders_that_are_not_classes_are_errors() {
     let root = dir.path();
     let mk = |rel: &str| {
         let p = root.join(rel);
-        ok(fs::create_dir_all(&p).map_err(|source| DataError::Io {
-            action: "create",
-            path: p.clone(),
-            source,
-        }));
+        ok(fs::create_dir_all(&p).map_err(IoError::at("create", &p)));
         p
     };
     let p = mk("imagenetv2-matched-frequency/1000");
@@ -508,11 +467,7 @@ fn folders_that_are_not_classes_are_errors() {
         e.contains(&p.display().to_string()) && e.contains("only 1000 classes"),
         "{e}"
     );
-    ok(fs::remove_dir(&p).map_err(|source| DataError::Io {
-        action: "remove",
-        path: p.clone(),
-        source,
-    }));
+    ok(fs::remove_dir(&p).map_err(IoError::at("remove", &p)));
     let p = mk("imagenetv2-matched-frequency/n01440764");
     let e = err(open_eval_set(
         SetName::ImageNetV2,
@@ -680,11 +635,7 @@ fn write(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
         let _ = fs::create_dir_all(parent);
     }
-    ok(fs::write(path, text).map_err(|source| DataError::Io {
-        action: "write",
-        path: path.to_path_buf(),
-        source,
-    }));
+    ok(fs::write(path, text).map_err(IoError::at("write", path)));
 }
 
 /// A 10-class space in the repository's file formats (as the quickstart uses).
@@ -709,11 +660,7 @@ fn small_class_files(dir: &Path) -> ClassFiles {
 
 #[test]
 fn a_small_class_space_and_its_fixture_tree() {
-    let dir = ok(tempfile::tempdir().map_err(|source| DataError::Io {
-        action: "create",
-        path: PathBuf::from("tempdir"),
-        source,
-    }));
+    let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let files = small_class_files(&dir.path().join("classes"));
     let classes = ok(ClassSpace::load(&files));
     assert_eq!(classes.num_classes(), 10);
@@ -749,11 +696,7 @@ fn a_small_class_space_and_its_fixture_tree() {
 
 #[test]
 fn class_file_errors_name_the_file() {
-    let dir = ok(tempfile::tempdir().map_err(|source| DataError::Io {
-        action: "create",
-        path: PathBuf::from("tempdir"),
-        source,
-    }));
+    let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let fresh = |name: &str| small_class_files(&dir.path().join(name));
 
     let f = fresh("unsorted");

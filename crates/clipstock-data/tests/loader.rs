@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clipstock_data::DataError;
 use clipstock_data::classes::{ClassFiles, ClassSpace};
 use clipstock_data::fixtures::{FixtureSpec, write_fixture_tree};
 use clipstock_data::layouts::{OpenOptions, Sample, SetName, open_eval_set};
@@ -13,8 +12,9 @@ use clipstock_data::loader::{Batch, Loader, LoaderOptions, epoch_order};
 use clipstock_data::preprocess::{
     DecodeLimits, EvalTransform, TrainTransform, Transform, decode_file, sample_seed,
 };
+use clipstock_tensors::IoError;
 
-fn ok<T>(r: Result<T, DataError>) -> T {
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => panic!("unexpected error: {e}"),
@@ -23,11 +23,7 @@ fn ok<T>(r: Result<T, DataError>) -> T {
 
 /// ImageNet val of the fixture tree (5 classes × 3 images), plus the corrupt file if asked.
 fn samples(with_corrupt: bool) -> (tempfile::TempDir, Arc<[Sample]>) {
-    let dir = ok(tempfile::tempdir().map_err(|source| DataError::Io {
-        action: "create",
-        path: PathBuf::from("tempdir"),
-        source,
-    }));
+    let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
     let classes = ok(ClassSpace::load(&ClassFiles::imagenet(&data)));
     let spec = FixtureSpec {

@@ -218,6 +218,22 @@ fn an_existing_root_is_refused_and_kept() {
     assert_eq!(snapshot(&fresh), before);
 }
 
+/// Copies the quickstart assets in `src` that `keep` accepts, and never the weights (no test
+/// here needs them), into `assets/` of a fresh temporary folder.
+fn copy_assets(src: &Path, keep: impl Fn(&str) -> bool) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("assets");
+    fs::create_dir(&dir).expect("mkdir");
+    for e in fs::read_dir(src).expect("assets dir") {
+        let p = e.expect("entry").path();
+        let name = p.file_name().expect("name").to_string_lossy().into_owned();
+        if keep(&name) && !name.ends_with(".safetensors") {
+            fs::copy(&p, dir.join(&name)).expect("copy");
+        }
+    }
+    (tmp, dir)
+}
+
 #[test]
 fn errors_name_the_missing_or_bad_asset_and_leave_nothing_behind() {
     let src = assets();
@@ -228,16 +244,7 @@ fn errors_name_the_missing_or_bad_asset_and_leave_nothing_behind() {
         "objectnet.json",
         "r_subset.json",
     ] {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("assets");
-        fs::create_dir(&dir).expect("mkdir");
-        for e in fs::read_dir(&src).expect("assets dir") {
-            let p = e.expect("entry").path();
-            let name = p.file_name().expect("name").to_string_lossy().into_owned();
-            if name != missing && !name.ends_with(".safetensors") {
-                fs::copy(&p, dir.join(&name)).expect("copy");
-            }
-        }
+        let (tmp, dir) = copy_assets(&src, |name| name != missing);
         let root = tmp.path().join("out").join("data");
         let err = write_quickstart_tree(&dir, &root).expect_err("missing asset is an error");
         assert!(err.to_string().contains(missing), "{missing}: {err}");
@@ -248,16 +255,7 @@ fn errors_name_the_missing_or_bad_asset_and_leave_nothing_behind() {
     }
 
     // A corrupt mosaic is a decode error naming it.
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("assets");
-    fs::create_dir(&dir).expect("mkdir");
-    for e in fs::read_dir(&src).expect("assets dir") {
-        let p = e.expect("entry").path();
-        let name = p.file_name().expect("name").to_string_lossy().into_owned();
-        if !name.ends_with(".safetensors") {
-            fs::copy(&p, dir.join(&name)).expect("copy");
-        }
-    }
+    let (tmp, dir) = copy_assets(&src, |_| true);
     fs::write(dir.join("train.png"), b"not a png").expect("write");
     let err = write_quickstart_tree(&dir, &tmp.path().join("data")).expect_err("corrupt mosaic");
     assert!(err.to_string().contains("train.png"), "{err}");

@@ -15,7 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clipstock_merge::{MergeOptions, ReadMode, SafetensorsFile, analyze_files, merge_files};
+use clipstock_merge::{
+    MergeOptions, ReadMode, SafetensorsFile, Source, analyze_files, merge_files,
+};
 use clipstock_tensors::rng::SplitMix64;
 
 const BLOCKS: usize = 12;

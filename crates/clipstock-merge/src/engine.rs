@@ -250,10 +250,10 @@ fn gram_chunk(
     let n = inputs.models.len();
     with_scratch(n + 1, |bufs| {
         let (abuf, mbufs) = bufs.split_at_mut(1);
-        let a = anchor.f32s(e.ref_idx, start, len, &mut abuf[0])?;
+        let a = anchor.f32s(e.ref_idx, start..start + len, &mut abuf[0])?;
         let mut ms: Vec<&[f32]> = Vec::with_capacity(n);
         for ((m, &idx), buf) in inputs.models.iter().zip(&e.model_idx).zip(mbufs.iter_mut()) {
-            ms.push(m.f32s(idx, start, len, buf)?);
+            ms.push(m.f32s(idx, start..start + len, buf)?);
         }
         let mut g = DeltaGram::new(n);
         g.accumulate_from(a, &ms);
@@ -404,7 +404,7 @@ fn combine_chunk(
     with_scratch(n + 1, |bufs| {
         let (abuf, mbufs) = bufs.split_at_mut(1);
         let a = if c_anchor != 0.0 {
-            Some(reference.f32s(e.ref_idx, start, len, &mut abuf[0])?)
+            Some(reference.f32s(e.ref_idx, start..start + len, &mut abuf[0])?)
         } else {
             None
         };
@@ -414,11 +414,40 @@ fn combine_chunk(
             .zip(&e.model_idx)
             .zip(mbufs.iter_mut())
         {
-            ms.push(m.f32s(idx, start, len, buf)?);
+            ms.push(m.f32s(idx, start..start + len, buf)?);
         }
         combine_any(&ms, a, out, c_mean, c_anchor);
         Ok(all_finite(out))
     })
+}
+
+/// The error for a non-finite result in entry `e`: the first non-finite input value among
+/// `anchor` and (with `models`) every model, or else the output itself, with ratio `t`.
+fn non_finite_error(
+    e: &Entry,
+    inputs: &Inputs<'_>,
+    anchor: Option<&dyn Source>,
+    models: bool,
+    t: f64,
+) -> MergeError {
+    let mut sources: Vec<(&dyn Source, usize)> =
+        anchor.map(|a| (a, e.ref_idx)).into_iter().collect();
+    if models {
+        sources.extend(
+            inputs
+                .models
+                .iter()
+                .copied()
+                .zip(e.model_idx.iter().copied()),
+        );
+    }
+    match locate_non_finite(e, &sources) {
+        Ok(Some(err)) | Err(err) => err,
+        Ok(None) => MergeError::NonFiniteOutput {
+            tensor: e.info.name.clone(),
+            t,
+        },
+    }
 }
 
 /// Finds the first non-finite input value of `e` among `sources` (tensor indices alongside).
@@ -429,7 +458,7 @@ fn locate_non_finite(e: &Entry, sources: &[(&dyn Source, usize)]) -> Result<Opti
         let mut start = 0;
         while start < numel {
             let len = CHUNK.min(numel - start);
-            src.read_f32(*idx, start, &mut buf[..len])?;
+            src.read_f32_into(*idx, start, &mut buf[..len])?;
             if let Some(k) = buf[..len].iter().position(|v| !v.is_finite()) {
                 return Ok(Some(MergeError::NonFinite {
                     tensor: e.info.name.clone(),
@@ -534,20 +563,7 @@ fn compute_grams(
 
     for e in entries.iter().filter(|e| select(e)) {
         if e.gram.as_ref().is_some_and(|g| !g.is_finite()) {
-            let mut sources: Vec<(&dyn Source, usize)> = vec![(anchor, e.ref_idx)];
-            sources.extend(
-                inputs
-                    .models
-                    .iter()
-                    .copied()
-                    .zip(e.model_idx.iter().copied()),
-            );
-            return Err(locate_non_finite(e, &sources)?.unwrap_or_else(|| {
-                MergeError::NonFiniteOutput {
-                    tensor: e.info.name.clone(),
-                    t: f64::NAN,
-                }
-            }));
+            return Err(non_finite_error(e, inputs, Some(anchor), true, f64::NAN));
         }
     }
     Ok(())
@@ -641,8 +657,8 @@ fn check_non_float(plan: &Plan, inputs: &Inputs<'_>, reference: &dyn Source) -> 
             let mut off = 0;
             while off < total {
                 let len = (WINDOW * 4).min(total - off);
-                let a = reference.bytes(e.ref_idx, off, len, &mut sa)?;
-                let b = src.bytes(idx, off, len, &mut sb)?;
+                let a = reference.bytes(e.ref_idx, off..off + len, &mut sa)?;
+                let b = src.bytes(idx, off..off + len, &mut sb)?;
                 if a != b {
                     return Err(MergeError::NonFloatDiffers {
                         tensor: e.info.name.clone(),
@@ -742,32 +758,6 @@ enum Job<'a> {
 /// tensor, which are computed while the writer drains it; with 1–4 windows the writer ran dry
 /// there (ViT-B/32: 64×3 → 0.37 s, 16×8 → 0.32 s under the same load).
 const POOL: usize = 8;
-
-/// Computes one output window in parallel chunks; returns whether all values are finite.
-fn compute_window(
-    inputs: &Inputs<'_>,
-    reference: &dyn Source,
-    e: &Entry,
-    start: usize,
-    out: &mut [f32],
-    c_mean: f64,
-    c_anchor: f64,
-) -> Result<bool> {
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .map(|(ci, chunk)| {
-            combine_chunk(
-                inputs,
-                reference,
-                e,
-                start + ci * CHUNK,
-                chunk,
-                c_mean,
-                c_anchor,
-            )
-        })
-        .try_reduce(|| true, |a, b| Ok(a && b))
-}
 
 /// Step 3: produce every output tensor, in the reference's order.
 ///
@@ -887,9 +877,13 @@ fn produce<'a>(
             let mut off = 0;
             while off < total {
                 let len = (WINDOW * 4).min(total - off);
-                let job = match reference.mapped_bytes(e.ref_idx, off, len) {
+                let job = match reference.mapped_bytes(e.ref_idx, off..off + len) {
                     Some(bytes) => Job::Mapped(bytes),
-                    None => Job::Read(reference.bytes(e.ref_idx, off, len, &mut scratch)?.to_vec()),
+                    None => Job::Read(
+                        reference
+                            .bytes(e.ref_idx, off..off + len, &mut scratch)?
+                            .to_vec(),
+                    ),
                 };
                 if jobs.send(job).is_err() {
                     return Ok(());
@@ -904,34 +898,20 @@ fn produce<'a>(
             let Ok(mut buf) = pool.recv() else {
                 return Ok(());
             };
-            if !compute_window(
-                inputs,
-                reference,
-                e,
-                start,
-                &mut buf[..len],
-                c_mean,
-                c_anchor,
-            )? {
-                let mut sources: Vec<(&dyn Source, usize)> = Vec::new();
-                if c_anchor != 0.0 {
-                    sources.push((reference, e.ref_idx));
-                }
-                if c_mean != 0.0 {
-                    sources.extend(
-                        inputs
-                            .models
-                            .iter()
-                            .copied()
-                            .zip(e.model_idx.iter().copied()),
-                    );
-                }
-                return Err(locate_non_finite(e, &sources)?.unwrap_or_else(|| {
-                    MergeError::NonFiniteOutput {
-                        tensor: e.info.name.clone(),
-                        t: e.t.unwrap_or(f64::NAN),
-                    }
-                }));
+            // One window, computed in parallel chunks.
+            let finite = buf[..len]
+                .par_chunks_mut(CHUNK)
+                .enumerate()
+                .map(|(ci, chunk)| {
+                    let at = start + ci * CHUNK;
+                    combine_chunk(inputs, reference, e, at, chunk, c_mean, c_anchor)
+                })
+                .try_reduce(|| true, |a, b| Ok(a && b))?;
+            if !finite {
+                // Only the inputs with a non-zero weight can have made the window non-finite.
+                let anchor = (c_anchor != 0.0).then_some(reference);
+                let t = e.t.unwrap_or(f64::NAN);
+                return Err(non_finite_error(e, inputs, anchor, c_mean != 0.0, t));
             }
             if jobs.send(Job::Values(buf, len)).is_err() {
                 return Ok(());

@@ -11,24 +11,16 @@ use crate::dtype::DType;
 /// Errors of merging, reading and writing.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
-    #[error("cannot {action} `{path}`: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] clipstock_tensors::IoError),
 
     #[error("`{path}` is not a valid safetensors file: {reason}")]
     Format { path: PathBuf, reason: String },
 
-    #[error("cannot read tensor `{tensor}` from `{file}`: {source}")]
-    Read {
-        tensor: String,
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A tensor's data failed to read (the file layer's `TensorsError::Read`, which names the
+    /// tensor and the file).
+    #[error(transparent)]
+    Read(TensorsError),
 
     #[error("{method} needs at least {need} fine-tuned model(s), got {got}")]
     TooFewModels {
@@ -144,25 +136,9 @@ pub enum MergeError {
 impl From<TensorsError> for MergeError {
     fn from(e: TensorsError) -> Self {
         match e {
-            TensorsError::Io {
-                action,
-                path,
-                source,
-            } => MergeError::Io {
-                action,
-                path,
-                source,
-            },
+            TensorsError::Io(e) => MergeError::Io(e),
             TensorsError::Format { path, reason } => MergeError::Format { path, reason },
-            TensorsError::Read {
-                tensor,
-                file,
-                source,
-            } => MergeError::Read {
-                tensor,
-                file,
-                source,
-            },
+            e @ TensorsError::Read { .. } => MergeError::Read(e),
             TensorsError::Write { path, source } => MergeError::Write { path, source },
             TensorsError::MissingTensor { tensor, file } => MergeError::MissingTensor {
                 tensor,

@@ -49,10 +49,10 @@ pub use plot::{ratio_plot_png, ratio_plot_svg};
 pub use ratio::{COS_EPS, DeltaGram, T_EPS, angle_deg, model_stock_ratio};
 pub use report::{Action, Flag, MergeReport, MergeSummary, TensorReport};
 pub use select::{GroupRule, MEMBER_CAPTURE, group_tensors};
-pub use source::{ReadMode, SafetensorsFile, Tensor, TensorInfo, TensorRef};
+pub use source::{ReadMode, SafetensorsFile, Source, Tensor, TensorInfo, TensorRef};
 
 use engine::{Inputs, MemorySink};
-use source::{MemorySource, Source};
+use source::MemorySource;
 use writer::{OutEntry, SafetensorsWriter};
 
 /// Compiles the group patterns of `opts` into a name → group key function.
@@ -422,17 +422,10 @@ mod tests {
     #[test]
     fn fewer_than_two_models_is_an_error() {
         let err = model_stock_tensor("w", &[1.0], &[&[2.0]], false).expect_err("N = 1");
-        assert!(
-            matches!(
-                err,
-                MergeError::TooFewModels {
-                    need: 2,
-                    got: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        let MergeError::TooFewModels { need, got, .. } = err else {
+            panic!("{err}")
+        };
+        assert_eq!((need, got), (2, 1));
     }
 
     #[test]

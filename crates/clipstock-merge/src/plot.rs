@@ -255,13 +255,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8]) -> (png::OutputInfo, Vec<u8>) {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("PNG header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-        let info = reader.next_frame(&mut buf).expect("PNG data");
-        buf.truncate(info.buffer_size());
-        (info, buf)
+        clipstock_plot::decode_png(bytes).expect("a valid PNG")
     }
 
     fn count(px: &[u8], c: Rgb) -> usize {

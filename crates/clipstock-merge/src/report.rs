@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use clipstock_tensors::IoError;
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::DType;
@@ -134,11 +135,7 @@ impl MergeReport {
 
     /// Reads a report written by [`MergeReport::write_json`].
     pub fn read_json(path: &Path) -> Result<MergeReport> {
-        let bytes = std::fs::read(path).map_err(|source| crate::MergeError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(IoError::at("read", path))?;
         serde_json::from_slice(&bytes).map_err(|e| crate::MergeError::Format {
             path: path.to_path_buf(),
             reason: format!("not a merge report: {e}"),

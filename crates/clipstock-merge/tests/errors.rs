@@ -34,22 +34,28 @@ fn w0() -> PathBuf {
     fixture("w0.safetensors")
 }
 
+/// Writes model2 edited by `edit` to `dir/name`, merges it with model1 against w0, and returns
+/// the error that merge must end with.
+fn merge_edited_model2(
+    dir: &Path,
+    name: &str,
+    edit: impl FnMut(&str, &mut Vec<usize>, &mut Vec<f32>) -> Edit,
+) -> MergeError {
+    let bad = dir.join(name);
+    rewrite_f32(&fixture("model2.safetensors"), &bad, edit);
+    merge_fails(dir, Some(&w0()), &[fixture("model1.safetensors"), bad])
+}
+
 #[test]
 fn missing_tensor_names_the_tensor_and_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bad = dir.path().join("lacks.safetensors");
-    rewrite_f32(&fixture("model2.safetensors"), &bad, |name, _, _| {
+    let err = merge_edited_model2(dir.path(), "lacks.safetensors", |name, _, _| {
         if name == "visual.proj" {
             Edit::Drop
         } else {
             Edit::Keep
         }
     });
-    let err = merge_fails(
-        dir.path(),
-        Some(&w0()),
-        &[fixture("model1.safetensors"), bad],
-    );
     let msg = err.to_string();
     assert!(matches!(err, MergeError::MissingTensor { .. }), "{msg}");
     assert!(
@@ -58,41 +64,25 @@ fn missing_tensor_names_the_tensor_and_the_file() {
     );
 
     // An extra tensor in a model is just as much a mismatch.
-    let extra = dir.path().join("extra.safetensors");
-    rewrite_f32(
-        &fixture("model2.safetensors"),
-        &extra,
-        |name, shape, data| {
-            if name == "visual.proj" {
-                Edit::Replace(f32_raw("visual.proj_extra", shape, data))
-            } else {
-                Edit::Keep
-            }
-        },
-    );
-    let err = merge_fails(
-        dir.path(),
-        Some(&w0()),
-        &[fixture("model1.safetensors"), extra],
-    );
+    let err = merge_edited_model2(dir.path(), "extra.safetensors", |name, shape, data| {
+        if name == "visual.proj" {
+            Edit::Replace(f32_raw("visual.proj_extra", shape, data))
+        } else {
+            Edit::Keep
+        }
+    });
     assert!(err.to_string().contains("visual.proj"), "{err}");
 }
 
 #[test]
 fn shape_mismatch_names_the_tensor_shapes_and_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bad = dir.path().join("reshaped.safetensors");
-    rewrite_f32(&fixture("model2.safetensors"), &bad, |name, shape, _| {
+    let err = merge_edited_model2(dir.path(), "reshaped.safetensors", |name, shape, _| {
         if name == "visual.proj" {
             shape.reverse();
         }
         Edit::Keep
     });
-    let err = merge_fails(
-        dir.path(),
-        Some(&w0()),
-        &[fixture("model1.safetensors"), bad],
-    );
     let msg = err.to_string();
     assert!(matches!(err, MergeError::ShapeMismatch { .. }), "{msg}");
     assert!(
@@ -109,18 +99,13 @@ fn shape_mismatch_names_the_tensor_shapes_and_files() {
 fn nan_and_inf_weights_name_the_tensor_the_file_and_the_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (i, bad_value) in [f32::NAN, f32::INFINITY].into_iter().enumerate() {
-        let bad = dir.path().join(format!("poisoned{i}.safetensors"));
-        rewrite_f32(&fixture("model2.safetensors"), &bad, |name, _, data| {
+        let poisoned = format!("poisoned{i}.safetensors");
+        let err = merge_edited_model2(dir.path(), &poisoned, |name, _, data| {
             if name == "visual.transformer.resblocks.1.mlp.c_fc.weight" {
                 data[37] = bad_value;
             }
             Edit::Keep
         });
-        let err = merge_fails(
-            dir.path(),
-            Some(&w0()),
-            &[fixture("model1.safetensors"), bad],
-        );
         let msg = err.to_string();
         assert!(
             matches!(err, MergeError::NonFinite { index: 37, .. }),
@@ -245,17 +230,10 @@ fn unwritable_output_fails_cleanly() {
 fn too_few_models_or_no_anchor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = merge_fails(dir.path(), Some(&w0()), &[fixture("model1.safetensors")]);
-    assert!(
-        matches!(
-            err,
-            MergeError::TooFewModels {
-                need: 2,
-                got: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let MergeError::TooFewModels { need, got, .. } = err else {
+        panic!("{err}")
+    };
+    assert_eq!((need, got), (2, 1));
     assert!(err.to_string().contains("at least 2"), "{err}");
     let err = merge_fails(
         dir.path(),

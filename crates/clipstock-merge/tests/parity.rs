@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use clipstock_merge::Source;
 use clipstock_merge::{
     Action, Flag, MergeOptions, MergeReport, Method, ReadMode, SafetensorsFile, TensorReport,
     analyze_files, merge_files,

@@ -96,6 +96,24 @@ impl From<ArchPreset> for ClipArch {
 }
 
 impl ClipArch {
+    /// A one-block image-only model small enough to train in milliseconds on a CPU (8×8 images
+    /// in 4×4 patches, width 64, one head, an 8-d embedding): what the crates' tests build, and
+    /// the base the others vary.
+    pub fn tiny() -> ClipArch {
+        ClipArch {
+            embed_dim: 8,
+            vision: VisionArch {
+                image_size: 8,
+                patch_size: 4,
+                width: 64,
+                layers: 1,
+                heads: 1,
+                mlp_width: 32,
+            },
+            text: None,
+        }
+    }
+
     /// Presets by open_clip name (`ViT-B-32`) or OpenAI name (`ViT-B/32`).
     pub fn preset(name: &str) -> Option<ClipArch> {
         let key: String = name

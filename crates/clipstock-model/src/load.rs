@@ -343,7 +343,7 @@ pub fn with_extras(mut state: StateDict, extras: &StateDict) -> StateDict {
 /// Writes a canonical state dict in `naming`, each tensor in `dtype` (or its own dtype).
 pub fn export(state: &StateDict, naming: Naming, dtype: Option<DType>, path: &Path) -> Result<()> {
     let out = naming::from_canonical(state, naming)?;
-    out.write_safetensors(path, dtype, None)
+    Ok(out.write_safetensors(path, dtype, None)?)
 }
 
 /// Copies the source dtypes of `like` onto `state` so an export reproduces the input bytes.

@@ -361,12 +361,10 @@ mod tests {
         let arch = ClipArch {
             embed_dim: 8,
             vision: crate::arch::VisionArch {
-                image_size: 8,
-                patch_size: 4,
                 width: 6,
                 layers: 2,
-                heads: 1,
                 mlp_width: 12,
+                ..ClipArch::tiny().vision
             },
             text: Some(crate::arch::TextArch {
                 context_length: 5,

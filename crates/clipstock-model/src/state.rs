@@ -2,7 +2,6 @@
 //! what only this crate can do: PyTorch pickles (through burn's `pytorch-reader`), detecting the
 //! container from a file's first bytes, and errors as [`ModelError`].
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::{Deref, DerefMut};
@@ -148,18 +147,6 @@ impl StateDict {
         }
         Ok(out)
     }
-
-    /// Writes safetensors atomically: a temporary file in the same folder, fsynced, then renamed,
-    /// so an interrupted write never leaves a truncated file under the final name.
-    /// `dtype` overrides every tensor's storage dtype; `None` keeps each tensor's own.
-    pub fn write_safetensors(
-        &self,
-        path: &Path,
-        dtype: Option<DType>,
-        metadata: Option<HashMap<String, String>>,
-    ) -> Result<()> {
-        Ok(self.0.write_safetensors(path, dtype, metadata)?)
-    }
 }
 
 /// Writes `bytes` to `path` through a temporary sibling, fsync and a rename
@@ -173,7 +160,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 impl From<TensorsError> for ModelError {
     fn from(e: TensorsError) -> Self {
         match e {
-            TensorsError::Io { path, source, .. } => ModelError::Io { path, source },
+            TensorsError::Io(clipstock_tensors::IoError { path, source, .. }) => {
+                ModelError::Io { path, source }
+            }
             TensorsError::Format { path, reason } => ModelError::Safetensors { path, reason },
             TensorsError::Read {
                 tensor,
@@ -254,7 +243,13 @@ fn is_torchscript(tail: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn sample() -> StateDict {
+    /// The model's reader detects safetensors by their first bytes and hands them to
+    /// `clipstock-tensors` (whose own tests cover dtypes and bytes); this checks the hand-off
+    /// both ways: a good file comes back whole, a cut one is a `ModelError` naming the file.
+    #[test]
+    fn safetensors_are_detected_read_back_and_truncation_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.safetensors");
         let mut sd = StateDict::new();
         sd.insert("b", HostTensor::new(vec![2], DType::F16, vec![1.5, -2.0]));
         sd.insert(
@@ -262,42 +257,35 @@ mod tests {
             HostTensor::new(vec![1, 2], DType::BF16, vec![0.25, 3.0]),
         );
         sd.insert("s", HostTensor::new(vec![], DType::F32, vec![4.6052]));
-        sd
-    }
-
-    #[test]
-    fn safetensors_round_trip_keeps_order_dtype_and_values() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("x.safetensors");
-        let sd = sample();
         sd.write_safetensors(&p, None, None).expect("write");
         let back = StateDict::read(&p).expect("read");
         assert_eq!(back.names().collect::<Vec<_>>(), ["a", "b", "s"]);
-        for (name, t) in sd.iter() {
-            assert_eq!(back.get(name), Some(t), "{name}");
+        assert!(sd.iter().all(|(name, t)| back.get(name) == Some(t)));
+
+        let mut bytes = std::fs::read(&p).expect("read");
+        bytes.truncate(bytes.len() - 3);
+        std::fs::write(&p, bytes).expect("write");
+        match StateDict::read(&p) {
+            Err(e @ ModelError::Safetensors { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("x.safetensors"), "{msg}");
+                assert!(msg.contains("not a valid safetensors"), "{msg}");
+            }
+            other => panic!("a cut file must be a safetensors error: {other:?}"),
         }
     }
 
-    #[test]
-    fn truncated_safetensors_is_a_clear_error() {
+    /// The message of reading `bytes` saved as `name`, which must fail.
+    fn read_error(name: &str, bytes: &[u8]) -> String {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("x.safetensors");
-        sample().write_safetensors(&p, None, None).expect("write");
-        let bytes = std::fs::read(&p).expect("read");
-        std::fs::write(&p, &bytes[..bytes.len() - 3]).expect("write");
-        let err = StateDict::read(&p).expect_err("must fail").to_string();
-        assert!(
-            err.contains("x.safetensors") && err.contains("not a valid safetensors"),
-            "{err}"
-        );
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        StateDict::read(&p).expect_err("must fail").to_string()
     }
 
     #[test]
     fn unknown_format_names_the_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("notes.txt");
-        std::fs::write(&p, b"hello world, not a checkpoint").expect("write");
-        let err = StateDict::read(&p).expect_err("must fail").to_string();
+        let err = read_error("notes.txt", b"hello world, not a checkpoint");
         assert!(
             err.contains("notes.txt") && err.contains("neither"),
             "{err}"
@@ -306,13 +294,10 @@ mod tests {
 
     #[test]
     fn torchscript_archives_point_to_the_converter() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("ViT-B-32.pt");
         // A zip whose directory lists TorchScript's `constants.pkl`, as OpenAI's archives do.
         let mut bytes = b"PK\x03\x04".to_vec();
         bytes.extend_from_slice(b"....ViT-B-32/code/__torch__.py....ViT-B-32/constants.pkl....");
-        std::fs::write(&p, &bytes).expect("write");
-        let err = StateDict::read(&p).expect_err("must fail").to_string();
+        let err = read_error("ViT-B-32.pt", &bytes);
         assert!(
             err.contains("TorchScript") && err.contains("convert_openai_checkpoint.py"),
             "{err}"
@@ -334,9 +319,10 @@ mod tests {
     fn write_errors_keep_the_model_message() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("missing/dir/x.safetensors");
-        let err = sample()
-            .write_safetensors(&p, None, None)
-            .expect_err("no such dir");
+        let mut sd = StateDict::new();
+        sd.insert("w", HostTensor::new(vec![1], DType::F32, vec![1.0]));
+        // Model code writes through `?`, which makes the file layer's error a `ModelError`.
+        let err = ModelError::from(sd.write_safetensors(&p, None, None).expect_err("no dir"));
         assert!(matches!(err, ModelError::Write { .. }), "{err}");
         let msg = err.to_string();
         assert!(

@@ -11,18 +11,7 @@ use clipstock_model::model::{ImageClassifier, Init};
 use clipstock_model::{BurnDevice, ClipArch, DeviceSpec, HostTensor, StateDict};
 
 fn tiny_arch() -> ClipArch {
-    ClipArch {
-        embed_dim: 8,
-        vision: clipstock_model::arch::VisionArch {
-            image_size: 8,
-            patch_size: 4,
-            width: 64,
-            layers: 1,
-            heads: 1,
-            mlp_width: 32,
-        },
-        text: None,
-    }
+    ClipArch::tiny()
 }
 
 fn classifier(seed: u64, device: &Device) -> ImageClassifier {

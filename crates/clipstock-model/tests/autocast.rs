@@ -11,18 +11,11 @@ use clipstock_model::ClipArch;
 use clipstock_model::model::{Autocast, ImageClassifier, Init};
 
 fn tiny_classifier(device: &Device) -> ImageClassifier {
-    let arch = ClipArch {
-        embed_dim: 16,
-        vision: clipstock_model::arch::VisionArch {
-            image_size: 16,
-            patch_size: 4,
-            width: 64,
-            layers: 2,
-            heads: 2,
-            mlp_width: 128,
-        },
-        text: None,
-    };
+    // Two blocks of two heads on 16×16 images: enough depth for precision to matter.
+    let mut arch = ClipArch::tiny();
+    arch.embed_dim = 16;
+    let v = &mut arch.vision;
+    (v.image_size, v.layers, v.heads, v.mlp_width) = (16, 2, 2, 128);
     ImageClassifier::random(&arch, 5, 7, device)
 }
 

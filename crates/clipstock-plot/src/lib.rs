@@ -18,7 +18,7 @@ mod svg;
 pub use axis::{Scale, TickSpec, tick_label, ticks};
 pub use chart::{LegendItem, Panel, legend};
 pub use font::{FONT_FAMILY, has_glyph, text_width};
-pub use render::{PlotError, svg_to_png};
+pub use render::{PlotError, decode_png, svg_to_png};
 pub use svg::{Anchor, Marker, Rgb, Svg, TextStyle, escape, hex};
 
 /// Text colour.

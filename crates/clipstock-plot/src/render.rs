@@ -16,6 +16,8 @@ pub enum PlotError {
     Size { width: f32, height: f32, scale: f32 },
     #[error("PNG encoding failed: {0}")]
     Encode(#[from] png::EncodingError),
+    #[error("PNG decoding failed: {0}")]
+    Decode(#[from] png::DecodingError),
 }
 
 /// Images larger than this many pixels are refused: a figure is never that big, and a
@@ -91,18 +93,27 @@ pub fn svg_to_png(svg: &str, scale: f32) -> Result<Vec<u8>, PlotError> {
     Ok(out)
 }
 
+/// Reads a PNG back into its header and pixel rows, as the figures' tests check what was
+/// drawn (sizes, colours, which pixels are set).
+pub fn decode_png(bytes: &[u8]) -> Result<(png::OutputInfo, Vec<u8>), PlotError> {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info()?;
+    let size = reader.output_buffer_size().ok_or(PlotError::Size {
+        width: reader.info().width as f32,
+        height: reader.info().height as f32,
+        scale: 1.0,
+    })?;
+    let mut buf = vec![0; size];
+    let info = reader.next_frame(&mut buf)?;
+    buf.truncate(info.buffer_size());
+    Ok((info, buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn decode(bytes: &[u8]) -> (png::OutputInfo, Vec<u8>) {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("PNG header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-        let info = reader.next_frame(&mut buf).expect("PNG data");
-        buf.truncate(info.buffer_size());
-        (info, buf)
+        decode_png(bytes).expect("a valid PNG")
     }
 
     #[test]

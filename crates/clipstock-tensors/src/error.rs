@@ -3,19 +3,46 @@
 //! The model and merge crates map these variants onto their own, whose messages their users
 //! and tests know.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::dtype::DType;
 
+/// A failed filesystem call: what was attempted, on which path, and the OS error. Every crate
+/// that touches files wraps this one type (`#[error(transparent)]`), so the message reads the
+/// same whichever layer the failure surfaced in.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} `{path}`: {source}")]
+pub struct IoError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(action: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        IoError {
+            action,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// For `map_err`: `fs::read(p).map_err(IoError::at("read", p))?`.
+    pub fn at(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IoError + use<> {
+        let path = path.to_path_buf();
+        move |source| IoError {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TensorsError {
-    #[error("cannot {action} `{path}`: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 
     #[error("`{path}` is not a valid safetensors file: {reason}")]
     Format { path: PathBuf, reason: String },

@@ -2,7 +2,8 @@
 //!
 //! - [`DType`], the storage dtypes of safetensors and the f32 conversions;
 //! - [`HostTensor`] and [`StateDict`], named f32 tensors that remember their storage dtype;
-//! - [`SafetensorsFile`] (memory-mapped or positioned reads, validated header) and
+//! - [`Source`], tensors read by slices, and [`SafetensorsFile`] (memory-mapped or positioned
+//!   reads, validated header), its file implementation, and
 //!   [`SafetensorsWriter`] (streaming, header computed up front);
 //! - [`AtomicFile`] and [`write_atomic`], the one way files are replaced;
 //! - [`rng`], the one pseudo-random generator (splitmix64).
@@ -12,13 +13,15 @@ pub mod dtype;
 pub mod error;
 pub mod reader;
 pub mod rng;
+pub mod source;
 pub mod state;
 pub mod writer;
 
 pub use atomic::{AtomicFile, write_atomic};
 pub use dtype::DType;
-pub use error::{Result, TensorsError};
+pub use error::{IoError, Result, TensorsError};
 pub use reader::{ReadMode, SafetensorsFile, TensorInfo};
 pub use rng::{SplitMix64, mix64};
+pub use source::{Catalog, Source};
 pub use state::{HostTensor, StateDict, looks_like_safetensors};
 pub use writer::{HeaderEntry, SafetensorsWriter};

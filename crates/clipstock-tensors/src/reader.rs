@@ -3,15 +3,17 @@
 //! positioned reads into the caller's buffer. That is what lets a merge of multi-GB checkpoints
 //! run in a few MB of working memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, decode_into};
-use crate::error::{Result, TensorsError};
+use crate::error::{IoError, Result, TensorsError};
+use crate::source::{Catalog, Source};
 
 /// A header longer than this is certainly not a checkpoint header (the `safetensors` crate uses
 /// the same bound); refusing it early avoids allocating whatever a corrupt length says.
@@ -59,11 +61,9 @@ enum Backing {
 /// A safetensors file opened for streaming reads.
 pub struct SafetensorsFile {
     path: PathBuf,
-    label: String,
-    tensors: Vec<TensorInfo>,
-    /// Absolute byte offset of each tensor's data, parallel to `tensors`.
+    catalog: Catalog,
+    /// Absolute byte offset of each tensor's data, parallel to the catalog's tensors.
     starts: Vec<u64>,
-    index: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
     backing: Backing,
 }
@@ -72,7 +72,7 @@ impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafetensorsFile")
             .field("path", &self.path)
-            .field("tensors", &self.tensors.len())
+            .field("tensors", &self.tensors().len())
             .field("mapped", &self.is_mapped())
             .finish()
     }
@@ -90,11 +90,7 @@ impl SafetensorsFile {
     /// matches its shape, that the ranges tile the data section, and that the file is exactly
     /// as long as the header says (a shorter file is reported as truncated).
     pub fn open(path: &Path, mode: ReadMode) -> Result<SafetensorsFile> {
-        let io = |action, source| TensorsError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |action, source| TensorsError::from(IoError::new(action, path, source));
         let fmt = |reason: String| TensorsError::Format {
             path: path.to_path_buf(),
             reason,
@@ -125,11 +121,9 @@ impl SafetensorsFile {
         let data_start = 8 + header_len;
         let (entries, metadata) = parse_header(&header, data_start, file_len).map_err(fmt)?;
         let (tensors, starts): (Vec<TensorInfo>, Vec<u64>) = entries.into_iter().unzip();
-
-        let mut index = HashMap::with_capacity(tensors.len());
-        for (i, t) in tensors.iter().enumerate() {
-            index.insert(t.name.clone(), i);
-        }
+        // A JSON object's keys are unique, so the catalog cannot refuse them.
+        let catalog = Catalog::new(path.display().to_string(), tensors)
+            .map_err(|name| fmt(format!("tensor `{name}` appears twice")))?;
 
         let backing = match mode {
             ReadMode::Read => Backing::Reader(file),
@@ -146,10 +140,8 @@ impl SafetensorsFile {
         }
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
-            label: path.display().to_string(),
-            tensors,
+            catalog,
             starts,
-            index,
             metadata,
             backing,
         })
@@ -160,24 +152,9 @@ impl SafetensorsFile {
         &self.path
     }
 
-    /// The path as errors print it.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Tensors in storage (data offset) order.
-    pub fn tensors(&self) -> &[TensorInfo] {
-        &self.tensors
-    }
-
     /// One tensor's header entry.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.index.get(name).map(|&i| &self.tensors[i])
-    }
-
-    /// Index of `name` into [`SafetensorsFile::tensors`].
-    pub fn find(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.find(name).map(|i| &self.tensors()[i])
     }
 
     /// The `__metadata__` map of the header.
@@ -192,82 +169,9 @@ impl SafetensorsFile {
 
     fn read_err(&self, idx: usize) -> impl FnOnce(std::io::Error) -> TensorsError + '_ {
         move |source| TensorsError::Read {
-            tensor: self.tensors[idx].name.clone(),
-            file: self.label.clone(),
+            tensor: self.tensors()[idx].name.clone(),
+            file: self.label().to_owned(),
             source,
-        }
-    }
-
-    /// Raw bytes `[byte_start, byte_start + len)` of tensor `idx`'s data, borrowed from the
-    /// mapping or read into `scratch`. The range must lie inside the tensor.
-    pub fn bytes<'a>(
-        &'a self,
-        idx: usize,
-        byte_start: usize,
-        len: usize,
-        scratch: &'a mut Vec<u8>,
-    ) -> Result<&'a [u8]> {
-        debug_assert!(byte_start + len <= self.tensors[idx].byte_len());
-        // Offsets were validated against the file length when the header was parsed.
-        let abs = self.starts[idx] as usize + byte_start;
-        match &self.backing {
-            Backing::Mapped(m) => Ok(&m[abs..abs + len]),
-            Backing::Reader(f) => {
-                scratch.resize(len, 0);
-                read_exact_at(f, scratch, abs as u64).map_err(self.read_err(idx))?;
-                Ok(&scratch[..])
-            }
-        }
-    }
-
-    /// The same bytes as [`SafetensorsFile::bytes`] when they can be borrowed for as long as
-    /// the file lives (a mapping), so that they can be queued for writing without a copy;
-    /// `None` when they have to be read.
-    pub fn mapped_bytes(&self, idx: usize, byte_start: usize, len: usize) -> Option<&[u8]> {
-        debug_assert!(byte_start + len <= self.tensors[idx].byte_len());
-        let abs = self.starts[idx] as usize + byte_start;
-        match &self.backing {
-            Backing::Mapped(m) => Some(&m[abs..abs + len]),
-            Backing::Reader(_) => None,
-        }
-    }
-
-    /// Elements `[start, start + len)` of float tensor `idx` as f32: borrowed from the mapping
-    /// when it already holds aligned little-endian f32, otherwise read or decoded into `buf`.
-    pub fn f32s<'a>(
-        &'a self,
-        idx: usize,
-        start: usize,
-        len: usize,
-        buf: &'a mut Vec<f32>,
-    ) -> Result<&'a [f32]> {
-        let info = &self.tensors[idx];
-        let size = info.dtype.size();
-        let abs = self.starts[idx] as usize + start * size;
-        let native_f32 = info.dtype == DType::F32 && cfg!(target_endian = "little");
-        match &self.backing {
-            Backing::Mapped(m) => {
-                let bytes = &m[abs..abs + len * size];
-                if native_f32 && let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(bytes) {
-                    return Ok(v);
-                }
-                buf.resize(len, 0.0);
-                decode_into(info.dtype, bytes, &mut buf[..len]);
-                Ok(&buf[..len])
-            }
-            Backing::Reader(f) => {
-                buf.resize(len, 0.0);
-                if native_f32 {
-                    // Read straight into the f32 buffer: no intermediate byte copy.
-                    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[..len]);
-                    read_exact_at(f, dst, abs as u64).map_err(self.read_err(idx))?;
-                } else {
-                    let mut bytes = vec![0u8; len * size];
-                    read_exact_at(f, &mut bytes, abs as u64).map_err(self.read_err(idx))?;
-                    decode_into(info.dtype, &bytes, &mut buf[..len]);
-                }
-                Ok(&buf[..len])
-            }
         }
     }
 
@@ -275,26 +179,90 @@ impl SafetensorsFile {
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let idx = self.find(name).ok_or_else(|| TensorsError::MissingTensor {
             tensor: name.to_string(),
-            file: self.label.clone(),
+            file: self.label().to_owned(),
         })?;
         self.read_f32_at(idx)
     }
 
     /// Reads float tensor `idx` whole as f32.
     pub fn read_f32_at(&self, idx: usize) -> Result<Vec<f32>> {
-        let info = &self.tensors[idx];
+        let info = &self.tensors()[idx];
         if !info.dtype.is_float() {
             return Err(TensorsError::NotFloat {
                 tensor: info.name.clone(),
-                file: self.label.clone(),
+                file: self.label().to_owned(),
                 dtype: info.dtype,
             });
         }
         let mut scratch = Vec::new();
-        let bytes = self.bytes(idx, 0, info.byte_len(), &mut scratch)?;
+        let bytes = self.bytes(idx, 0..info.byte_len(), &mut scratch)?;
         let mut out = vec![0f32; info.numel()];
         decode_into(info.dtype, bytes, &mut out);
         Ok(out)
+    }
+}
+
+// Bytes and slices are served straight from the mapping when there is one; the positioned-read
+// path fills the caller's scratch buffer instead.
+impl Source for SafetensorsFile {
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn bytes<'a>(&'a self, i: usize, at: Range<usize>, tmp: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        debug_assert!(at.end <= self.tensors()[i].byte_len());
+        // Offsets were validated against the file length when the header was parsed.
+        let abs = self.starts[i] as usize + at.start;
+        let len = at.len();
+        match &self.backing {
+            Backing::Mapped(m) => Ok(&m[abs..abs + len]),
+            Backing::Reader(f) => {
+                tmp.resize(len, 0);
+                read_exact_at(f, tmp, abs as u64).map_err(self.read_err(i))?;
+                Ok(&tmp[..])
+            }
+        }
+    }
+
+    fn mapped_bytes(&self, i: usize, at: Range<usize>) -> Option<&[u8]> {
+        debug_assert!(at.end <= self.tensors()[i].byte_len());
+        let abs = self.starts[i] as usize + at.start;
+        match &self.backing {
+            Backing::Mapped(m) => Some(&m[abs..abs + at.len()]),
+            Backing::Reader(_) => None,
+        }
+    }
+
+    fn f32s<'a>(&'a self, i: usize, at: Range<usize>, tmp: &'a mut Vec<f32>) -> Result<&'a [f32]> {
+        let info = &self.tensors()[i];
+        let size = info.dtype.size();
+        let abs = self.starts[i] as usize + at.start * size;
+        let len = at.len();
+        let native_f32 = info.dtype == DType::F32 && cfg!(target_endian = "little");
+        match &self.backing {
+            Backing::Mapped(m) => {
+                let bytes = &m[abs..abs + len * size];
+                if native_f32 && let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                    return Ok(v);
+                }
+                tmp.resize(len, 0.0);
+                decode_into(info.dtype, bytes, &mut tmp[..len]);
+                Ok(&tmp[..len])
+            }
+            Backing::Reader(f) => {
+                tmp.resize(len, 0.0);
+                if native_f32 {
+                    // Read straight into the f32 buffer: no intermediate byte copy.
+                    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut tmp[..len]);
+                    read_exact_at(f, dst, abs as u64).map_err(self.read_err(i))?;
+                } else {
+                    let mut bytes = vec![0u8; len * size];
+                    read_exact_at(f, &mut bytes, abs as u64).map_err(self.read_err(i))?;
+                    decode_into(info.dtype, &bytes, &mut tmp[..len]);
+                }
+                Ok(&tmp[..len])
+            }
+        }
     }
 }
 

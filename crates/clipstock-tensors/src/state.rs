@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::dtype::{DType, decode_into, encode_into};
 use crate::error::{Result, TensorsError};
 use crate::reader::{ReadMode, SafetensorsFile};
+use crate::source::Source;
 use crate::writer::{HeaderEntry, SafetensorsWriter};
 
 /// One named tensor held on the host. `dtype` is the storage dtype (a float dtype; see

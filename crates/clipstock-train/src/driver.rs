@@ -193,7 +193,7 @@ fn run_loop(
 ) -> Result<bool> {
     let spec = &plan.spec;
     // Also on resume: a run stopped during the zero-shot evaluation still gets its row.
-    if plan.eval.zero_shot && !t.state.evals.iter().any(|e| e.model == "zero-shot") {
+    if plan.eval.section.zero_shot && !t.state.evals.iter().any(|e| e.model == "zero-shot") {
         let base = t.session.w0.base.clone();
         let mut cx = t.cx(plan, obs, stop);
         evaluate_model(&mut cx, 0, "zero-shot", &base)?;

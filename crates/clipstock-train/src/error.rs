@@ -4,13 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("cannot {action} `{path}`: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] clipstock_tensors::IoError),
 
     #[error(transparent)]
     Config(#[from] clipstock_config::ConfigError),
@@ -117,10 +112,6 @@ pub(crate) fn io(
     action: &'static str,
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(std::io::Error) -> TrainError {
-    let path = path.into();
-    move |source| TrainError::Io {
-        action,
-        path,
-        source,
-    }
+    let at = clipstock_tensors::IoError::at(action, &path.into());
+    move |source| TrainError::Io(at(source))
 }

@@ -95,7 +95,7 @@ impl EpochHook for EvalHook {
         }
         match self {
             EvalHook::Runs => {
-                if !cx.plan.eval.runs || end.merged_already {
+                if !cx.plan.eval.section.runs || end.merged_already {
                     return Ok(());
                 }
                 for i in 0..cx.session.runs.len() {
@@ -364,7 +364,8 @@ impl CheckpointHook {
                     .map_err(|e| err(format!("run {} optimizer: {e:?}", i + 1)))?;
             }
             if let Some(m) = last_merge {
-                m.write_safetensors(&tmp.join("merged.safetensors"), Some(DType::F32), None)?;
+                m.write_safetensors(&tmp.join("merged.safetensors"), Some(DType::F32), None)
+                    .map_err(clipstock_model::ModelError::from)?;
             }
             Ok(())
         };

@@ -167,19 +167,7 @@ mod tests {
     use clipstock_model::model::{ImageClassifier, Init};
 
     fn classifier(seed: u64, device: &Device) -> ImageClassifier {
-        let arch = ClipArch {
-            embed_dim: 8,
-            vision: clipstock_model::arch::VisionArch {
-                image_size: 8,
-                patch_size: 4,
-                width: 64,
-                layers: 1,
-                heads: 1,
-                mlp_width: 32,
-            },
-            text: None,
-        };
-        ImageClassifier::random(&arch, 3, seed, device)
+        ImageClassifier::random(&ClipArch::tiny(), 3, seed, device)
     }
 
     fn stepped(seed: u64, device: &Device) -> (ImageClassifier, ModuleOptimizer) {

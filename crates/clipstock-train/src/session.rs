@@ -456,7 +456,6 @@ mod tests {
     use super::*;
     use burn::module::{ModuleVisitor, Param, ParamId};
     use clipstock_model::ClipArch;
-    use clipstock_model::arch::VisionArch;
 
     struct Ids(Vec<ParamId>);
 
@@ -476,18 +475,7 @@ mod tests {
     /// w0's parameter ids, and each still gets an optimizer of its own.
     #[test]
     fn runs_are_clones_of_w0_and_share_its_param_ids() {
-        let arch = ClipArch {
-            embed_dim: 8,
-            vision: VisionArch {
-                image_size: 8,
-                patch_size: 4,
-                width: 64,
-                layers: 1,
-                heads: 1,
-                mlp_width: 32,
-            },
-            text: None,
-        };
+        let arch = ClipArch::tiny();
         let device = Device::flex();
         let base = ImageClassifier::random(&arch, 3, 1, &device);
         let w0 = W0 {

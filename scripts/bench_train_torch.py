@@ -3,8 +3,10 @@
 
 Same work as crates/clipstock-cli/src/bench.rs: the ViT-B/32 vision tower with OpenAI's
 QuickGELU, random init, a Linear(512, 1000) head on L2-normalised features; the train step is
-forward, cross-entropy, backward, AdamW (lr 3e-5, wd 0.1, eps 1e-8) at batch 8; the eval
-forward runs under no_grad at batch 32. Offline (pretrained=None), nothing downloaded.
+forward, cross-entropy, backward, global-norm clipping at 1 (the recipe's default, with the loss
+and norm read back as the trainer does; `--clip 0` drops it), AdamW (lr 3e-5, wd 0.1, eps 1e-8)
+at batch 8; the eval forward runs under no_grad at batch 32. Offline (pretrained=None), nothing
+downloaded. scripts/bench_vs_torch.sh runs it alternately with `clipstock bench`.
 
     /work/venv-parity/bin/python scripts/bench_train_torch.py --what train
     /work/venv-parity/bin/python scripts/bench_train_torch.py --what eval
@@ -83,6 +85,12 @@ def main():
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument(
+        "--clip",
+        type=float,
+        default=1.0,
+        help="global gradient-norm clipping as the recipe's optim.grad_clip_norm (0: off)",
+    )
     ap.add_argument("--iters", type=int, default=5)
     a = ap.parse_args()
 
@@ -111,7 +119,13 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
             loss.backward()
+            # The recipe's global-norm clipping and the trainer's read-back of loss and norm
+            # (clipstock's step does both), unless --clip 0.
+            if a.clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+                float(norm)
             opt.step()
+            float(loss)
 
         report("train step (AdamW)", a.train_batch, time_steps(step, a.warmup, a.iters))
         print(f"peak RSS: {peak_rss_mib():.0f} MiB, load average {os.getloadavg()[0]:.2f}")

@@ -87,7 +87,9 @@ impl AtomicFile {
         f.write_all(bytes).map_err(|source| TensorsError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        crate::fault::point("atomic.write");
+        Ok(())
     }
 
     /// Flushes, fsyncs, renames into place and (on Unix) fsyncs the directory so that the
@@ -101,7 +103,9 @@ impl AtomicFile {
             let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
             file.sync_all().map_err(werr)?;
         }
+        crate::fault::point("atomic.synced");
         std::fs::rename(&self.tmp, &self.path).map_err(werr)?;
+        crate::fault::point("atomic.renamed");
         // Renamed: nothing left for Drop to clean up.
         self.tmp = PathBuf::new();
         #[cfg(unix)]

@@ -6,11 +6,13 @@
 //!   reads, validated header), its file implementation, and
 //!   [`SafetensorsWriter`] (streaming, header computed up front);
 //! - [`AtomicFile`] and [`write_atomic`], the one way files are replaced;
-//! - [`rng`], the one pseudo-random generator (splitmix64).
+//! - [`rng`], the one pseudo-random generator (splitmix64);
+//! - [`fault`], the named crash points of the fault-injection suite.
 
 pub mod atomic;
 pub mod dtype;
 pub mod error;
+pub mod fault;
 pub mod reader;
 pub mod rng;
 pub mod source;

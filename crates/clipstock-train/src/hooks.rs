@@ -154,7 +154,10 @@ pub fn evaluate_model(
                 set: names[set_index],
                 images,
             }),
-            Progress::Batch { done, .. } => obs.on(Event::EvalProgress { done }),
+            Progress::Batch { done, .. } => {
+                clipstock_tensors::fault::point("eval.batch");
+                obs.on(Event::EvalProgress { done })
+            }
             Progress::Finish { .. } => {}
         },
         None,
@@ -251,6 +254,7 @@ fn merge_runs(cx: &mut HookCx<'_>, reset_runs: bool) -> Result<Option<f64>> {
         step,
         source,
     })?;
+    clipstock_tensors::fault::point("merge.computed");
     let mut merged = StateDict::new();
     for t in tensors {
         let dtype = (session.w0.state.get(&t.name))

@@ -154,6 +154,7 @@ impl StepRunner {
             return None;
         };
         let mut grads = acc.grads();
+        clipstock_tensors::fault::point("train.backward");
         let norm = grad_norm_tensor(&run.model, &grads);
         let mut q = QueuedStep {
             loss_sum,

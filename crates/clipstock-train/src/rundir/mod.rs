@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use clipstock_tensors::fault;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError, io};
@@ -192,7 +193,9 @@ impl RunDir {
         self.metrics
             .write_all(line.as_bytes())
             .and_then(|_| self.metrics.flush())
-            .map_err(io("append to", p))
+            .map_err(io("append to", p))?;
+        fault::point("metrics.appended");
+        Ok(())
     }
 
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -234,15 +237,18 @@ impl RunDir {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        fault::point("checkpoint.written");
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(io("replace", &final_dir))?;
         }
         fs::rename(&tmp, &final_dir).map_err(io("rename into place", &final_dir))?;
+        fault::point("checkpoint.renamed");
         let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
             path: root.join("latest.json"),
             reason: e.to_string(),
         })?;
         write_atomic(&root.join("latest.json"), &json)?;
+        fault::point("checkpoint.committed");
         // Older checkpoints go only after latest.json names the new one.
         if let Ok(entries) = fs::read_dir(&root) {
             for e in entries.flatten() {

@@ -10,6 +10,10 @@ downloaded. scripts/bench_vs_torch.sh runs it alternately with `clipstock bench`
 
     /work/venv-parity/bin/python scripts/bench_train_torch.py --what train
     /work/venv-parity/bin/python scripts/bench_train_torch.py --what eval
+    python3 scripts/bench_train_torch.py --device cuda --precision bf16 --train-batch 128
+
+On CUDA every timed step ends with a synchronisation, and `--precision bf16|f16` runs the
+forward under `torch.autocast` (AMP: f32 master weights, as clipstock's `optim.precision`).
 
 Peak RSS is the process's (`getrusage` maxrss never goes down), so run one `--what` per
 process to get each phase's own peak.
@@ -55,13 +59,15 @@ def build(model_name):
     return Classifier(visual, cfg["embed_dim"], 1000)
 
 
-def time_steps(step, warmup, iters):
+def time_steps(step, warmup, iters, sync=lambda: None):
     for _ in range(warmup):
         step()
+    sync()
     times = []
     for _ in range(iters):
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     return times
 
@@ -92,54 +98,77 @@ def main():
         help="global gradient-norm clipping as the recipe's optim.grad_clip_norm (0: off)",
     )
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "f16"],
+        default="f32",
+        help="autocast dtype of the forward (f32: none); parameters stay f32",
+    )
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
+    amp_dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(a.precision)
+
+    def autocast():
+        return torch.autocast(
+            device_type=dev.type, dtype=amp_dtype, enabled=amp_dtype is not None
+        )
 
     torch.set_num_threads(a.threads)
     # torch + open_clip's imports alone (shared libraries, MKL, CUDA stubs) are part of it.
     print(f"RSS after imports: {peak_rss_mib():.0f} MiB")
     torch.manual_seed(0)
-    model = build(a.model)
+    model = build(a.model).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     print(
         f"torch {torch.__version__}, open_clip {open_clip.__version__}, "
         f"{torch.get_num_threads()} threads, {a.model} ({n_params} params incl. head), "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}, device {dev}"
+        + (f" ({torch.cuda.get_device_name(dev)})" if cuda else "")
+        + f", precision {a.precision}"
     )
     print(f"RSS after building the model: {peak_rss_mib():.0f} MiB")
 
     if a.what in ("train", "both"):
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=0.1, eps=1e-8)
-        x = torch.randn(a.train_batch, 3, size, size)
-        y = torch.tensor([(i * 37) % 1000 for i in range(a.train_batch)])
+        x = torch.randn(a.train_batch, 3, size, size, device=dev)
+        y = torch.tensor([(i * 37) % 1000 for i in range(a.train_batch)], device=dev)
+        # f16 needs a loss scale as in the trainer; bf16 and f32 do not.
+        scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "f16")
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
+            with autocast():
+                loss = F.cross_entropy(model(x).float(), y)
+            scaler.scale(loss).backward()
             # The recipe's global-norm clipping and the trainer's read-back of loss and norm
             # (clipstock's step does both), unless --clip 0.
             if a.clip > 0:
+                scaler.unscale_(opt)
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
                 float(norm)
-            opt.step()
-            float(loss)
+            scaler.step(opt)
+            scaler.update()
+            float(loss.detach())
 
-        report("train step (AdamW)", a.train_batch, time_steps(step, a.warmup, a.iters))
+        report("train step (AdamW)", a.train_batch, time_steps(step, a.warmup, a.iters, sync))
         print(f"peak RSS: {peak_rss_mib():.0f} MiB, load average {os.getloadavg()[0]:.2f}")
         del opt
 
     if a.what in ("eval", "both"):
         model.eval()
-        x = torch.randn(a.eval_batch, 3, size, size)
+        x = torch.randn(a.eval_batch, 3, size, size, device=dev)
 
         def fwd():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(x)
 
-        report("eval forward", a.eval_batch, time_steps(fwd, a.warmup, a.iters))
+        report("eval forward", a.eval_batch, time_steps(fwd, a.warmup, a.iters, sync))
         print(f"peak RSS: {peak_rss_mib():.0f} MiB, load average {os.getloadavg()[0]:.2f}")
 
 

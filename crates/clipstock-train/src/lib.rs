@@ -7,6 +7,7 @@
 //! - [`step`]: one optimizer step of every run ([`step::StepRunner`], also what `clipstock
 //!   bench` times): micro-batch accumulation, global-norm clipping as PyTorch's
 //!   `clip_grad_norm_`, AdamW with decoupled weight decay, f16's dynamic loss scale;
+//! - `fused_adamw`: burn's AdamW, bit for bit, as one multi-threaded pass per tensor on flex;
 //! - `driver`: the loop ([`train`]);
 //! - [`hooks`]: what happens at step and epoch boundaries ([`hooks::EpochHook`]: evaluation,
 //!   the Model Stock merge, checkpoints);
@@ -22,6 +23,7 @@ mod driver;
 mod error;
 pub mod events;
 mod export;
+mod fused_adamw;
 pub mod hooks;
 mod optim_state;
 pub mod rundir;

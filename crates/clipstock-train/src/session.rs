@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::FloatDType;
@@ -433,12 +433,12 @@ pub(crate) fn new_optimizer(spec: &RunSpec) -> ModuleOptimizer {
 /// AdamW as `[optim]` sets it (burn's defaults differ from PyTorch's: eps and weight decay
 /// are always given).
 pub fn adamw(o: &OptimSection) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_beta_1(o.betas[0] as f32)
-        .with_beta_2(o.betas[1] as f32)
-        .with_epsilon(o.eps as f32)
-        .with_weight_decay(o.weight_decay as f32)
-        .init()
+    ModuleOptimizer::from(crate::fused_adamw::FusedAdamW::new(
+        o.betas[0] as f32,
+        o.betas[1] as f32,
+        o.eps as f32,
+        o.weight_decay as f32,
+    ))
 }
 
 pub(crate) fn eval_options(spec: &RunSpec) -> EvalOptions {

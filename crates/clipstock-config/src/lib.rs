@@ -10,6 +10,7 @@
 
 mod arch;
 mod device;
+mod diff;
 mod error;
 mod overrides;
 mod plan;
@@ -21,6 +22,7 @@ use std::path::Path;
 
 pub use arch::{ARCHS, ArchPreset, UnknownArch};
 pub use device::{DeviceSpec, DeviceSpecError};
+pub use diff::{KeyDiff, LOCATION_KEYS, diff_toml};
 pub use error::ConfigError;
 pub use overrides::KEYS;
 pub use plan::{

@@ -2,7 +2,7 @@
 //! that resumes, eval's counts that must be at least 1.
 
 mod common;
-use common::{assert_ok, clipstock, root};
+use common::{assert_fails_with, assert_ok, clipstock, root};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -190,4 +190,32 @@ fn eval_counts_of_zero_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
         assert!(err.contains(flag) && err.contains("at least 1"), "{err}");
     }
+}
+
+#[test]
+fn a_typo_in_the_run_file_keeps_its_line_under_set_and_a_bad_override_is_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("run.toml");
+    let text = std::fs::read_to_string(root().join("configs/quickstart.toml")).expect("read");
+    let text = text.replacen("[optim]\n", "[optim]\nlearning_rate = 1e-3\n", 1);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("learning_rate"))
+        .expect("inserted")
+        + 1;
+    std::fs::write(&file, &text).expect("write");
+    let config = file.display().to_string();
+    let out = clipstock(&["train", "--config", &config, "--set", "optim.epochs=1"]);
+    assert_fails_with(
+        &out,
+        &[&format!("{config}:{line}:1"), "optim.learning_rate"],
+    );
+    let out = clipstock(&[
+        "train",
+        "--config",
+        "configs/quickstart.toml",
+        "--set",
+        "optim.lr=abc",
+    ]);
+    assert_fails_with(&out, &["optim.lr", "(from --set optim.lr=abc)"]);
 }

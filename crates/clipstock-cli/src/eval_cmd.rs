@@ -35,10 +35,10 @@ pub struct EvalArgs {
     /// Comma-separated: imagenet, imagenet_v2, imagenet_sketch, imagenet_r, imagenet_a, objectnet.
     #[arg(long, value_delimiter = ',')]
     sets: Vec<SetName>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = positive)]
     batch_size: usize,
     /// Evaluate an evenly spaced subset of K images per set.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     limit_per_set: Option<usize>,
     /// Folder with wnids.txt, classnames.json, r_subset.json, a_subset.json, objectnet.json
     /// (default: the ImageNet files in data/).
@@ -54,7 +54,8 @@ pub struct EvalArgs {
     /// Remove 2 pixels from each ObjectNet border (model-soups defines but never applies it).
     #[arg(long)]
     objectnet_border_crop: bool,
-    /// Do not warn when a set's image count differs from the published size.
+    /// Accept a set whose image count differs from the published size (refused by default:
+    /// an incomplete download would silently change the reported accuracy).
     #[arg(long)]
     no_size_check: bool,
     /// Results JSON (default with --run: <run>/eval.json).
@@ -66,6 +67,16 @@ pub struct EvalArgs {
     /// cpu, flex, ndarray, wgpu[:N] or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+}
+
+/// A count that must be at least 1. A clap parser, so a 0 is a usage error (exit 2, clap's
+/// message naming the flag) like any other malformed argument, before a model is loaded.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -136,7 +147,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         sets.push(set);
     }
     let eval_opts = EvalOptions {
-        batch_size: a.batch_size.max(1),
+        batch_size: a.batch_size,
         workers: a.workers,
         prefetch: 2,
         ..EvalOptions::default()

@@ -18,8 +18,12 @@ use crate::logfile;
 #[derive(Args)]
 pub struct TrainArgs {
     /// The run file (see configs/README.md).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+    config: Option<PathBuf>,
+    /// With --resume: the run directory to continue, wherever it is now (moved or renamed);
+    /// its own config.toml is the config.
+    #[arg(long, requires = "resume", value_name = "DIR")]
+    run: Option<PathBuf>,
     /// Override any key: `--set optim.lr=1e-5 --set run.seeds=[1,2,3]`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -31,7 +35,7 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> Result<()> {
     // The plan resolves the paths (file-relative or working-directory-relative, see
     // configs/README.md) and checks the input files before anything is created.
-    let plan = clipstock_config::load_plan(&a.config, &a.set)?;
+    let (config, plan) = load_plan(&a)?;
     let spec = &plan.spec;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -65,7 +69,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     println!("{}", outcome.results_markdown);
     if outcome.stopped_early {
-        let mut cmd = format!("clipstock train --config {}", a.config.display());
+        let mut cmd = format!("clipstock train --config {}", config.display());
         for s in &a.set {
             cmd.push_str(&format!(" --set '{s}'"));
         }
@@ -76,6 +80,30 @@ pub fn run(a: TrainArgs) -> Result<()> {
         println!("merged model: {}", p.display());
     }
     Ok(())
+}
+
+/// The config file and the plan. A resumed run directory is wherever it is now: `--run DIR`,
+/// or `--config DIR/config.toml` naming a run's own config, resumes DIR even if it was moved
+/// since the run started (see configs/README.md, "Resuming").
+fn load_plan(a: &TrainArgs) -> Result<(PathBuf, clipstock_config::RunPlan)> {
+    let (config, run_dir) = match (&a.run, &a.config) {
+        (Some(dir), _) => (dir.join("config.toml"), Some(dir.clone())),
+        (None, Some(config)) => {
+            let own = config
+                .parent()
+                .filter(|_| a.resume && config.file_name() == Some("config.toml".as_ref()))
+                .filter(|dir| dir.join("checkpoints").join("latest.json").is_file())
+                .map(|dir| dir.to_path_buf());
+            (config.clone(), own)
+        }
+        (None, None) => anyhow::bail!("give --config, or --resume --run DIR"),
+    };
+    let plan = clipstock_config::load_plan(&config, &a.set)?;
+    let plan = match run_dir {
+        Some(dir) => plan.at_run_dir(&dir)?,
+        None => plan,
+    };
+    Ok((config, plan))
 }
 
 /// Draws bars on a terminal, prints lines otherwise.

@@ -37,14 +37,16 @@ pub enum ConfigError {
     },
 
     /// Unknown key, missing key or wrong type. `location` is `line:column` in the file, absent
-    /// when the value came from a `--set` override.
-    #[error("{}{}: `{key}`: {message}", file.display(), location_suffix(location, *overridden))]
+    /// when the value came from a `--set` override, which `from_override` then names.
+    #[error("{}{}: `{key}`: {message}{}", file.display(), location_suffix(location),
+        override_suffix(from_override))]
     Schema {
         file: PathBuf,
         key: String,
         message: String,
         location: Option<(usize, usize)>,
-        overridden: bool,
+        /// The `--set KEY=VALUE` argument that wrote the bad value.
+        from_override: Option<String>,
     },
 
     /// A well-typed value outside its allowed range.
@@ -72,11 +74,17 @@ pub enum ConfigError {
     },
 }
 
-fn location_suffix(location: &Option<(usize, usize)>, overridden: bool) -> String {
-    match (location, overridden) {
-        (_, true) => " (after --set overrides)".to_owned(),
-        (Some((line, col)), false) => format!(":{line}:{col}"),
-        (None, false) => String::new(),
+fn location_suffix(location: &Option<(usize, usize)>) -> String {
+    match location {
+        Some((line, col)) => format!(":{line}:{col}"),
+        None => String::new(),
+    }
+}
+
+fn override_suffix(from_override: &Option<String>) -> String {
+    match from_override {
+        Some(arg) => format!(" (from --set {arg})"),
+        None => String::new(),
     }
 }
 

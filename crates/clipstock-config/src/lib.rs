@@ -10,6 +10,7 @@
 
 mod arch;
 mod device;
+mod diff;
 mod error;
 mod overrides;
 mod plan;
@@ -21,6 +22,7 @@ use std::path::Path;
 
 pub use arch::{ARCHS, ArchPreset, UnknownArch};
 pub use device::{DeviceSpec, DeviceSpecError};
+pub use diff::{KeyDiff, LOCATION_KEYS, diff_toml};
 pub use error::ConfigError;
 pub use overrides::KEYS;
 pub use plan::{
@@ -60,7 +62,7 @@ pub fn from_str(text: &str, origin: &Path, overrides: &[String]) -> Result<RunSp
     let mut table: toml::Table = toml::from_str(text).map_err(syntax)?;
     let spec = if overrides.is_empty() {
         // Straight from the user's text, so error positions are lines of their file.
-        deserialize(text, origin, false)?
+        deserialize(text, origin)?
     } else {
         overrides::apply(&mut table, overrides, origin)?;
         let merged = toml::to_string(&table).map_err(|e| ConfigError::BadOverride {
@@ -68,7 +70,9 @@ pub fn from_str(text: &str, origin: &Path, overrides: &[String]) -> Result<RunSp
             arg: overrides.join(" "),
             reason: e.to_string(),
         })?;
-        deserialize(&merged, origin, true)?
+        // Positions in `merged` mean nothing to the user: the error is pinned either on the
+        // override that wrote the bad key or on the key's place in their file.
+        deserialize(&merged, origin).map_err(|e| attribute(e, text, overrides))?
     };
     spec.validate(origin)?;
     Ok(spec)
@@ -94,13 +98,13 @@ impl RunSpec {
     }
 }
 
-fn deserialize(text: &str, origin: &Path, overridden: bool) -> Result<RunSpec, ConfigError> {
+fn deserialize(text: &str, origin: &Path) -> Result<RunSpec, ConfigError> {
     let syntax = |e: toml::de::Error| ConfigError::Syntax {
         file: origin.to_path_buf(),
         message: e.to_string().trim_end().to_owned(),
     };
     let de = toml::Deserializer::parse(text).map_err(syntax)?;
-    serde_path_to_error::deserialize(de).map_err(|e| schema_error(e, text, origin, overridden))
+    serde_path_to_error::deserialize(de).map_err(|e| schema_error(e, text, origin))
 }
 
 /// A schema error with the dotted key of the value it is about. serde reports an unknown or a
@@ -110,7 +114,6 @@ fn schema_error(
     e: serde_path_to_error::Error<toml::de::Error>,
     text: &str,
     origin: &Path,
-    overridden: bool,
 ) -> ConfigError {
     let mut key = dotted(e.path());
     let inner = e.inner();
@@ -132,8 +135,69 @@ fn schema_error(
         key,
         message: describe(&message),
         location,
-        overridden,
+        from_override: None,
     }
+}
+
+/// Re-points a schema error found in the file-plus-overrides document: at the last override
+/// that wrote the key (or a table holding it), else at the key's line and column in `text`.
+fn attribute(e: ConfigError, text: &str, overrides: &[String]) -> ConfigError {
+    let ConfigError::Schema {
+        file,
+        key,
+        message,
+        location: _,
+        from_override: _,
+    } = e
+    else {
+        return e;
+    };
+    let wrote = |arg: &&String| {
+        let set = arg.split_once('=').map_or(arg.as_str(), |(k, _)| k).trim();
+        key == set
+            || [".", "["]
+                .iter()
+                .any(|sep| key.starts_with(&format!("{set}{sep}")))
+            || set.starts_with(&format!("{key}."))
+    };
+    match overrides.iter().rev().find(wrote) {
+        Some(arg) => ConfigError::Schema {
+            file,
+            location: None,
+            from_override: Some(arg.trim().to_owned()),
+            key,
+            message,
+        },
+        None => ConfigError::Schema {
+            file,
+            location: position_in(text, &key, message.starts_with("unknown key")),
+            from_override: None,
+            key,
+            message,
+        },
+    }
+}
+
+/// `line:column` of dotted `key` in `text`: its value, or with `at_key` its name. None when
+/// the file does not write it (a missing key).
+fn position_in(text: &str, key: &str, at_key: bool) -> Option<(usize, usize)> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        // An array element (`scale[1]`): the array's place is close enough.
+        let part = part.split_once('[').map_or(part, |(name, _)| name);
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
+        if parts.peek().is_none() {
+            let span = if at_key { k.span() } else { v.span() };
+            return Some(line_col(text, span.start));
+        }
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return Some(line_col(text, v.span().start)),
+        }
+    }
+    None
 }
 
 /// `a.b[2].c` from serde_path_to_error's segments.

@@ -282,6 +282,22 @@ impl RunSpec {
     }
 }
 
+impl RunPlan {
+    /// The plan of a run directory's own `config.toml`, pointed at `dir`, where the directory
+    /// is now: a run that was moved or renamed since it was written reads and resumes from
+    /// its new place (nothing inside a run directory names the directory itself, and
+    /// [`LOCATION_KEYS`](crate::LOCATION_KEYS) are not compared on resume).
+    pub fn at_run_dir(mut self, dir: &Path) -> Result<RunPlan, ConfigError> {
+        let here = std::path::absolute(dir).map_err(|source| ConfigError::WorkingDir { source })?;
+        if let (Some(parent), Some(name)) = (here.parent(), here.file_name()) {
+            self.spec.run.output_dir = parent.to_path_buf();
+            self.spec.run.name = name.to_string_lossy().into_owned();
+        }
+        self.run_dir = here;
+        Ok(self)
+    }
+}
+
 /// A run, decided: what the trainer reads instead of the raw spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunPlan {

@@ -28,6 +28,20 @@ pub enum DataError {
         tried: Vec<PathBuf>,
     },
 
+    /// `expect_published_sizes`: an incomplete or padded download would change the accuracy
+    /// reported for the set without anyone noticing.
+    #[error(
+        "{set}: found {found} images under `{dir}`, but the published set has {published}; \
+         complete the download, or accept it with `eval.expect_published_sizes = false` \
+         (`clipstock eval --no-size-check`)"
+    )]
+    UnpublishedSize {
+        set: &'static str,
+        dir: PathBuf,
+        found: usize,
+        published: usize,
+    },
+
     #[error("{set}: `{dir}` holds no images ({expected})")]
     NoImages {
         set: &'static str,

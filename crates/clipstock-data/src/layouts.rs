@@ -89,7 +89,7 @@ pub struct OpenOptions {
     /// Crop 2 pixels from every ObjectNet border (model-soups defines this crop but never
     /// applies it, so the default is off).
     pub objectnet_border_crop: bool,
-    /// Warn when a complete set's image count differs from the published one.
+    /// Refuse a complete set whose image count differs from the published one.
     pub expect_published_sizes: bool,
 }
 
@@ -469,16 +469,12 @@ pub fn open_eval_set(
         Some(k) => limit_evenly(samples, k),
         None => {
             if opts.expect_published_sizes && total_found != name.published_size() {
-                warn(
+                return Err(DataError::UnpublishedSize {
                     set,
-                    &mut warnings,
-                    format!(
-                        "{set}: found {total_found} images under `{}`, but the published set \
-                         has {}",
-                        dir.display(),
-                        name.published_size()
-                    ),
-                );
+                    dir,
+                    found: total_found,
+                    published: name.published_size(),
+                });
             }
             samples
         }

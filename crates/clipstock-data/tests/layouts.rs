@@ -89,7 +89,7 @@ fn every_layout_and_its_label_rule() {
     let (dir, classes, m) = fixture(&spec);
     let root = dir.path();
     for set in SetName::ALL {
-        let opened = ok(open_eval_set(set, root, &classes, &OpenOptions::default()));
+        let opened = ok(open_eval_set(set, root, &classes, &fixture_opts()));
         assert_eq!(opened.name, set);
         assert_eq!(
             rel_samples(&opened, root),
@@ -118,18 +118,15 @@ fn every_layout_and_its_label_rule() {
         assert_eq!(opened.num_labels, labels, "{set}");
         assert_eq!(opened.projection, projection, "{set}");
         assert_eq!(opened.projection.num_outputs(1000), labels, "{set}");
-        // Fewer images than published: the size warning, naming both numbers.
+        // Fewer images than published: refused when sizes are expected, naming both numbers.
         let expected = format!(
-            "found {} images under `{}`, but the published set has {}",
+            "{set}: found {} images under `{}`, but the published set has {}",
             opened.samples.len(),
             opened.dir.display(),
             set.published_size()
         );
-        assert!(
-            opened.warnings.iter().any(|w| w.contains(&expected)),
-            "{set}: {:?}",
-            opened.warnings
-        );
+        let refused = err(open_eval_set(set, root, &classes, &OpenOptions::default()));
+        assert!(refused.contains(&expected), "{set}: {refused}");
     }
 
     // Spot checks of the rules themselves, independent of the manifest.
@@ -137,7 +134,7 @@ fn every_layout_and_its_label_rule() {
         SetName::ImageNetV2,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     let labels: Vec<usize> = v2.samples.iter().map(|s| s.label).collect();
     assert_eq!(
@@ -157,7 +154,7 @@ fn every_layout_and_its_label_rule() {
         SetName::ImageNetR,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     for s in &r.samples {
         let wnid = s
@@ -176,7 +173,7 @@ fn every_layout_and_its_label_rule() {
         SetName::ObjectNet,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     let folders: Vec<&str> = on
         .samples
@@ -210,7 +207,7 @@ fn objectnet_border_crop_is_an_option() {
     let (dir, classes, _) = fixture(&FixtureSpec::default());
     let opts = OpenOptions {
         objectnet_border_crop: true,
-        ..OpenOptions::default()
+        ..fixture_opts()
     };
     let on = ok(open_eval_set(
         SetName::ObjectNet,
@@ -290,7 +287,7 @@ fn folder_name_variants() {
     let root = dir.path();
     for &(set, from, to) in cases {
         mv(root, from, to);
-        let opened = ok(open_eval_set(set, root, &classes, &OpenOptions::default()));
+        let opened = ok(open_eval_set(set, root, &classes, &fixture_opts()));
         assert_eq!(opened.dir, root.join(to), "{set} from {to}");
         let labels: Vec<usize> = opened.samples.iter().map(|s| s.label).collect();
         let want: Vec<usize> = m.set_images(set).iter().map(|i| i.label).collect();
@@ -305,7 +302,7 @@ fn folder_name_variants() {
         SetName::ImageNetR,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert_eq!(r.dir, root.join("imagenet-r/imagenet-r"));
     assert_eq!(r.samples.len(), m.set_images(SetName::ImageNetR).len());
@@ -319,7 +316,7 @@ fn folder_name_variants() {
         SetName::ObjectNet,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert_eq!(on.dir, root.join("objectnet-1.0"));
     assert_eq!(on.samples.len(), m.set_images(SetName::ObjectNet).len());
@@ -331,7 +328,7 @@ fn a_missing_data_root_lists_every_path_tried() {
     let dir = ok(tempfile::tempdir().map_err(IoError::at("create", Path::new("tempdir"))));
     let root = dir.path().join("no-such-root");
     for set in SetName::ALL {
-        let e = err(open_eval_set(set, &root, &classes, &OpenOptions::default()));
+        let e = err(open_eval_set(set, &root, &classes, &fixture_opts()));
         assert!(e.contains(set.key()), "{e}");
         assert!(e.contains("does not exist"), "{e}");
         for c in set.candidate_dirs() {
@@ -346,7 +343,7 @@ fn a_missing_data_root_lists_every_path_tried() {
         SetName::ImageNetA,
         dir.path(),
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(!e.contains("does not exist"), "{e}");
     assert!(
@@ -374,7 +371,7 @@ fn a_set_folder_without_images_is_an_error_naming_it() {
         SetName::ImageNet,
         dir.path(),
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         e.contains(&set_dir.display().to_string()) && e.contains("no images"),
@@ -388,7 +385,7 @@ fn a_set_folder_without_images_is_an_error_naming_it() {
         SetName::ImageNetSketch,
         dir.path(),
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         e.contains(&sketch.display().to_string()) && e.contains("no images"),
@@ -415,7 +412,7 @@ fn empty_class_folders_and_stray_files_are_warnings() {
         SetName::ImageNet,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         im.warnings.iter().any(
@@ -428,7 +425,7 @@ fn empty_class_folders_and_stray_files_are_warnings() {
         SetName::ImageNetSketch,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         sk.warnings
@@ -461,7 +458,7 @@ fn folders_that_are_not_classes_are_errors() {
         SetName::ImageNetV2,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         e.contains(&p.display().to_string()) && e.contains("only 1000 classes"),
@@ -473,7 +470,7 @@ fn folders_that_are_not_classes_are_errors() {
         SetName::ImageNetV2,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(e.contains(&p.display().to_string()), "{e}");
 
@@ -482,7 +479,7 @@ fn folders_that_are_not_classes_are_errors() {
         SetName::ImageNetSketch,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         e.contains(&p.display().to_string()) && e.contains("n99999999"),
@@ -496,7 +493,7 @@ fn folders_that_are_not_classes_are_errors() {
         SetName::ImageNetR,
         root,
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     assert!(
         e.contains(&p.display().to_string()) && e.contains("not one of this set"),
@@ -513,7 +510,7 @@ fn limit_per_set_is_deterministic_and_even() {
     let (dir, classes, _) = fixture(&spec);
     let opts = OpenOptions {
         limit_per_set: Some(5),
-        ..OpenOptions::default()
+        ..fixture_opts()
     };
     let a = ok(open_eval_set(
         SetName::ImageNet,
@@ -544,7 +541,7 @@ fn limit_per_set_is_deterministic_and_even() {
         &classes,
         &OpenOptions {
             limit_per_set: Some(1000),
-            ..OpenOptions::default()
+            ..fixture_opts()
         },
     ));
     assert_eq!(all.samples.len(), 20);
@@ -552,12 +549,36 @@ fn limit_per_set_is_deterministic_and_even() {
         SetName::ImageNet,
         dir.path(),
         &classes,
+        &fixture_opts(),
+    ));
+    assert!(!quiet.warnings.iter().any(|w| w.contains("published")));
+}
+
+#[test]
+fn a_set_of_the_wrong_size_is_refused_when_published_sizes_are_expected() {
+    let (dir, classes, _) = fixture(&FixtureSpec::default());
+    let e = err(open_eval_set(
+        SetName::ImageNetV2,
+        dir.path(),
+        &classes,
         &OpenOptions {
-            expect_published_sizes: false,
+            expect_published_sizes: true,
             ..OpenOptions::default()
         },
     ));
-    assert!(!quiet.warnings.iter().any(|w| w.contains("published")));
+    let found = ok(open_eval_set(
+        SetName::ImageNetV2,
+        dir.path(),
+        &classes,
+        &fixture_opts(),
+    ))
+    .total_found;
+    assert!(
+        e.contains("imagenet_v2")
+            && e.contains(&format!("found {found} images"))
+            && e.contains("published set has 10000"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -673,7 +694,7 @@ fn a_small_class_space_and_its_fixture_tree() {
     let m = ok(write_fixture_tree(&root, &classes, &spec));
     let opts = OpenOptions {
         expect_published_sizes: false,
-        ..OpenOptions::default()
+        ..fixture_opts()
     };
     for set in SetName::ALL {
         let opened = ok(open_eval_set(set, &root, &classes, &opts));
@@ -776,4 +797,12 @@ fn class_file_errors_name_the_file() {
     let _ = fs::remove_file(&f.r_subset);
     let e = err(ClassSpace::load(&f));
     assert!(e.contains(&f.r_subset.display().to_string()), "{e}");
+}
+
+/// Fixture trees are tiny, so the published-size check (on by default) is off for them.
+fn fixture_opts() -> OpenOptions {
+    OpenOptions {
+        expect_published_sizes: false,
+        ..OpenOptions::default()
+    }
 }

@@ -37,7 +37,7 @@ fn samples(with_corrupt: bool) -> (tempfile::TempDir, Arc<[Sample]>) {
         SetName::ImageNet,
         dir.path(),
         &classes,
-        &OpenOptions::default(),
+        &fixture_opts(),
     ));
     (dir, set.samples.into())
 }
@@ -290,4 +290,12 @@ fn image_buffers_are_recycled() {
         first.is_some_and(|p| later.contains(&p)),
         "{first:?} not in {later:?}"
     );
+}
+
+/// Fixture trees are tiny, so the published-size check (on by default) is off for them.
+fn fixture_opts() -> OpenOptions {
+    OpenOptions {
+        expect_published_sizes: false,
+        ..OpenOptions::default()
+    }
 }

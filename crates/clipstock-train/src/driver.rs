@@ -139,9 +139,20 @@ fn open_run_dir(plan: &RunPlan, resume: bool) -> Result<RunDir> {
     let stored_path = dir.file("config.toml");
     let stored = std::fs::read_to_string(&stored_path).map_err(io("read", &stored_path))?;
     if stored != config {
-        return Err(TrainError::ConfigChanged {
-            stored: stored_path,
-        });
+        // Compared key by key, so the error can say what changed, and so that the location
+        // keys (a moved run directory) and a formatting-only difference do not count.
+        let differences = clipstock_config::diff_toml(&stored, &config).map_err(|reason| {
+            TrainError::Checkpoint {
+                path: stored_path.clone(),
+                reason: format!("not valid TOML: {reason}"),
+            }
+        })?;
+        if !differences.is_empty() {
+            return Err(TrainError::ConfigChanged {
+                stored: stored_path,
+                differences,
+            });
+        }
     }
     Ok(dir)
 }

@@ -52,11 +52,17 @@ pub enum TrainError {
 
     /// `--resume` with a config that differs from the one the run was started with.
     #[error(
-        "the config differs from the run's `{}`; resume with the same config and --set \
-         overrides (diff the two files to see what changed)",
-        stored.display()
+        "the config differs from the run's `{}` in {} key(s):\n  {}\nresume with the config \
+         and --set overrides the run was started with, or with `clipstock train --resume --run \
+         DIR` (the run's own config)",
+        stored.display(),
+        differences.len(),
+        differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
     )]
-    ConfigChanged { stored: PathBuf },
+    ConfigChanged {
+        stored: PathBuf,
+        differences: Vec<clipstock_config::KeyDiff>,
+    },
 
     #[error(
         "data.image_size = {configured}, but the model's positional embedding is for {model} px \

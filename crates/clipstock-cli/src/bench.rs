@@ -147,21 +147,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
             )?);
         }
     }
-    println!(
+    out!(
         "model {} ({} vision params), {} threads available, {} timed iterations per row",
         a.model,
         arch.num_params(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         iters
     );
-    println!(
+    out!(
         "| device | work | batch | median s/iter | best s/iter | img/s (median) | peak RSS MiB | load |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    out!("|---|---|---|---|---|---|---|---|");
     let opt = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |x| format!("{x:.prec$}"));
     for r in &rows {
         let med = r.median();
-        println!(
+        out!(
             "| {} | {} | {} | {:.3} | {:.3} | {} | {} | {} |",
             r.device,
             r.what,
@@ -190,7 +190,7 @@ fn measure(
     let secs = time()?;
     let peak_rss_mib = if reset { peak_rss_mib() } else { None };
     let load = load_average();
-    eprintln!(
+    err!(
         "{spec} {what}: {} s/iter",
         secs.iter()
             .map(|s| format!("{s:.3}"))
@@ -382,7 +382,7 @@ fn time_merge(arch: &ClipArch, iters: usize, spec: DeviceSpec) -> Result<Vec<f64
     drop(runs);
     for (i, t) in phases.iter().enumerate().skip(1) {
         let d = |a: usize, b: usize| (t[b] - t[a]).as_secs_f64();
-        eprintln!(
+        err!(
             "{spec} merge {i}: module_state ×2 {:.3} s, merge_tensors {:.3} s, apply_state ×2 {:.3} s, report render {:.3} s",
             d(0, 1),
             d(1, 2),

@@ -98,7 +98,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             limit_per_set = limit_per_set.or(spec.eval.limit_per_set);
             border_crop |= spec.eval.objectnet_border_crop;
             size_check &= spec.eval.expect_published_sizes;
-            eprintln!("loading the models of {}", run_dir.display());
+            err!("loading the models of {}", run_dir.display());
             let models = reader.models(&device, &mut Quiet)?;
             let root = a.data_root.clone().unwrap_or(spec.data.root.clone());
             let files = clipstock_train::class_files(&reader.plan.class_files_dir);
@@ -199,7 +199,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     );
                     pb.set_prefix(format!("{label} · {}", sets[set_index].name.key()));
                     if !tty {
-                        eprintln!("{label}: {} ({images} images)", sets[set_index].name.key());
+                        err!("{label}: {} ({images} images)", sets[set_index].name.key());
                     }
                     bar = Some(pb);
                 }
@@ -220,7 +220,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             return Err(e).context("cannot write the predictions file");
         }
         for r in &results.sets {
-            eprintln!(
+            err!(
                 "{label} · {}: top-1 {:.2}%  top-5 {:.2}%  ({} images, {} unreadable, {:.1} img/s)",
                 r.set.key(),
                 r.top1,
@@ -248,21 +248,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
         (Some(out), _) => {
             let text = serde_json::to_string_pretty(&json)?;
             clipstock_model::state::write_atomic(out, text.as_bytes())?;
-            eprintln!("results: {}", out.display());
+            err!("results: {}", out.display());
         }
         (None, Some(reader)) => {
             let out = reader.write_eval(&all)?;
-            eprintln!("results: {}", out.display());
+            err!("results: {}", out.display());
         }
         (None, None) => {}
     }
     let rows: Vec<(String, &EvalResults)> = all.iter().map(|(l, r)| (l.clone(), r)).collect();
-    println!("{}", clipstock_eval::markdown_table(&rows));
+    out!("{}", clipstock_eval::markdown_table(&rows));
     if let Some((_, r)) = all.first()
         && let Some((_, n)) = r.ood_mean()
         && n < 5
     {
-        println!("avg shifts is the mean over {n} of the 5 shifts evaluated");
+        out!("avg shifts is the mean over {n} of the 5 shifts evaluated");
     }
     Ok(())
 }
@@ -282,7 +282,7 @@ fn load_classifier(
                 .classnames
                 .clone()
                 .unwrap_or_else(|| files.classnames.clone());
-            eprintln!(
+            err!(
                 "no head in {} and no --head: building the zero-shot head from {} × {}",
                 weights.display(),
                 classnames_path.display(),

@@ -22,7 +22,7 @@ pub fn open(path: &Path) {
                 *s = Some(f);
             }
         }
-        Err(e) => eprintln!(
+        Err(e) => err!(
             "warning: cannot open the log file `{}`: {e}",
             path.display()
         ),

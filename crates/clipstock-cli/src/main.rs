@@ -2,7 +2,15 @@
 //! command is a thin call into the library crates.
 //!
 //! Exit codes: 0 success, 1 runtime error (the full error chain is printed once on stderr),
-//! 2 usage error (from clap).
+//! 2 usage error (from clap); `train` stopped early by a signal (after its checkpoint) or
+//! before its first step exits 128 + the signal's number: 130 for SIGINT (Ctrl-C), 143 for
+//! SIGTERM, 129 for SIGHUP. A closed or full stdout/stderr is never an error (`term.rs`).
+//!
+//! `train` holds an exclusive lock on its run directory (`<run>/.lock`, `flock`, holding the
+//! PID) for its whole life, start and `--resume` alike; a second process on the same
+//! directory fails at once, naming that PID.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,6 +22,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use clipstock_model::load::{Checkpoint, classifier_state, export, module_state};
 use clipstock_model::zeroshot::{read_string_list, read_templates, zeroshot_head};
 use clipstock_model::{BurnDevice, ClipModel, ClipTokenizer, DType, DeviceSpec, Naming, StateDict};
+
+#[macro_use]
+mod term;
 
 mod bench;
 mod eval_cmd;
@@ -186,7 +197,7 @@ fn main() {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(term::Stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(stderr_filter),
         )
@@ -198,7 +209,7 @@ fn main() {
         )
         .init();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        err!("error: {e:#}");
         std::process::exit(1);
     }
 }
@@ -267,7 +278,7 @@ fn zeroshot(a: ZeroshotArgs) -> Result<()> {
     create_parent(&a.out)?;
     head.write_safetensors(&a.out, Some(DType::F32), None)?;
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    out!(
         "wrote {} ({} classes × {} dims) in {:.1}s ({:.0} prompts/s)",
         a.out.display(),
         classes.len(),
@@ -281,9 +292,9 @@ fn zeroshot(a: ZeroshotArgs) -> Result<()> {
 fn info(a: InfoArgs) -> Result<()> {
     let ckpt = Checkpoint::read(&a.weights)?;
     let arch = &ckpt.arch;
-    println!("file:       {}", a.weights.display());
-    println!("naming:     {}", ckpt.naming);
-    println!(
+    out!("file:       {}", a.weights.display());
+    out!("naming:     {}", ckpt.naming);
+    out!(
         "vision:     {}px, patch {}, width {}, {} layers, {} heads, mlp {}",
         arch.vision.image_size,
         arch.vision.patch_size,
@@ -293,19 +304,23 @@ fn info(a: InfoArgs) -> Result<()> {
         arch.vision.mlp_width
     );
     match &arch.text {
-        Some(t) => println!(
+        Some(t) => out!(
             "text:       context {}, vocab {}, width {}, {} layers, {} heads",
-            t.context_length, t.vocab_size, t.width, t.layers, t.heads
+            t.context_length,
+            t.vocab_size,
+            t.width,
+            t.layers,
+            t.heads
         ),
-        None => println!("text:       none (image-only checkpoint)"),
+        None => out!("text:       none (image-only checkpoint)"),
     }
-    println!("embed dim:  {}", arch.embed_dim);
-    println!("parameters: {}", arch.num_params());
+    out!("embed dim:  {}", arch.embed_dim);
+    out!("parameters: {}", arch.num_params());
     if let Some(w) = ckpt.state.get(clipstock_model::load::HEAD_WEIGHT) {
-        println!("head:       {} classes", w.shape[0]);
+        out!("head:       {} classes", w.shape[0]);
     }
     clipstock_model::load::validate(&ckpt.state, arch, &ckpt.context, true)?;
-    println!("validation: ok");
+    out!("validation: ok");
     Ok(())
 }
 
@@ -331,7 +346,7 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
     let state = clipstock_model::load::with_dtypes_of(state, &ckpt.state);
     create_parent(&a.out)?;
     export(&state, a.naming.into(), dtype, &a.out)?;
-    println!(
+    out!(
         "wrote {} ({} tensors, {} naming)",
         a.out.display(),
         state.len(),
@@ -383,7 +398,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
             .into_data()
             .try_into_vec_as::<i64>()
             .unwrap_or_default();
-        println!("predictions over {classes} classes for {n} images: {preds:?}");
+        out!("predictions over {classes} classes for {n} images: {preds:?}");
     } else {
         let model = ckpt.clip(&device)?;
         let f = model.encode_image(images);
@@ -392,10 +407,10 @@ fn forward(a: ForwardArgs) -> Result<()> {
         for i in 0..n {
             let row = &v[i * d..(i + 1) * d];
             let shown: Vec<String> = row.iter().take(6).map(|x| format!("{x:.4}")).collect();
-            println!("image {i}: [{} …] ({d} dims)", shown.join(", "));
+            out!("image {i}: [{} …] ({d} dims)", shown.join(", "));
         }
     }
-    println!(
+    out!(
         "{} images in {:.2}s on {}",
         shape[0],
         start.elapsed().as_secs_f64(),
@@ -447,7 +462,7 @@ fn fixtures(a: FixturesArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&serde_json::json!({ "images": images }))?;
         clipstock_model::state::write_atomic(p, text.as_bytes())?;
     }
-    println!(
+    out!(
         "{} evaluation and {} training images in {}",
         m.images.len(),
         m.train.len(),

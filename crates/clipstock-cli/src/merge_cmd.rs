@@ -76,14 +76,30 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         plot_format(p)?;
     }
     let report = MergeReport::read_json(&a.report)?;
-    print!("{}", report.summary_text());
+    crate::term::out_text(&report.summary_text());
     if a.tensors {
-        print!("{}", report.table_text());
+        crate::term::out_text(&report.table_text());
     }
     if let Some(p) = &a.plot {
         write_plot(&report, p)?;
     }
     Ok(())
+}
+
+/// Removes what dead processes left beside `out` (and beside each WiSE-FT output, which share
+/// its folder) and in the system temporary directory, in one line on stderr.
+fn sweep_stale_temporaries(out: &Path) {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut removed = clipstock_tensors::remove_stale_temporaries(&dir);
+    removed.extend(clipstock_tensors::remove_stale_temporaries(
+        &std::env::temp_dir(),
+    ));
+    if let Some(line) = clipstock_tensors::removed_line(&removed) {
+        tracing::warn!("{line}");
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -114,7 +130,7 @@ fn write_plot(report: &MergeReport, path: &Path) -> Result<()> {
         PlotFormat::Svg => ratio_plot_svg(report).into_bytes(),
     };
     clipstock_model::state::write_atomic(path, &bytes)?;
-    println!("plot {}", path.display());
+    out!("plot {}", path.display());
     Ok(())
 }
 
@@ -143,7 +159,13 @@ pub fn run(a: MergeArgs) -> Result<()> {
     }
     // The merge engine streams safetensors; PyTorch pickles are converted once into a
     // temporary folder (same keys and dtypes) so every input format merges the same way.
-    let scratch = tempfile::tempdir().context("cannot create a temporary folder")?;
+    // Killed merges leave temporaries beside the output and scratch folders in the system
+    // temporary directory; each carries its PID, so those of dead processes can go now.
+    sweep_stale_temporaries(&a.out);
+    let scratch = tempfile::Builder::new()
+        .prefix(&clipstock_tensors::scratch_prefix())
+        .tempdir()
+        .context("cannot create a temporary folder")?;
     let anchor_path = match &a.anchor {
         Some(p) => Some(as_safetensors(p, scratch.path(), "anchor")?),
         None => None,
@@ -175,7 +197,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
         };
         let reports = wise_ft_files(anchor, &a.models, &outputs, &opts)?;
         for ((alpha, path), report) in outputs.iter().zip(&reports) {
-            println!("alpha {alpha}: wrote {}", path.display());
+            out!("alpha {alpha}: wrote {}", path.display());
             if let Some(r) = &a.report {
                 let r = if outputs.len() == 1 {
                     r.clone()
@@ -194,11 +216,11 @@ pub fn run(a: MergeArgs) -> Result<()> {
         );
     }
     let report = merge_files(anchor, &a.models, &a.out, &opts)?;
-    print!("{}", report.summary_text());
-    println!("wrote {}", a.out.display());
+    crate::term::out_text(&report.summary_text());
+    out!("wrote {}", a.out.display());
     if let Some(r) = &a.report {
         report.write_json(r)?;
-        println!("report {}", r.display());
+        out!("report {}", r.display());
     }
     if let Some(p) = &a.plot {
         write_plot(&report, p)?;

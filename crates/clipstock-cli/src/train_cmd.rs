@@ -1,10 +1,11 @@
 //! `clipstock train`: a config file in, a run directory out; progress bars on a terminal,
-//! plain periodic lines otherwise; Ctrl-C saves a checkpoint.
+//! plain periodic lines otherwise; Ctrl-C, SIGTERM and SIGHUP save a checkpoint and exit
+//! 128 + the signal's number.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -38,21 +39,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let (config, plan) = load_plan(&a)?;
     let spec = &plan.spec;
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // First Ctrl-C: finish the step, save a checkpoint, exit cleanly. Second: leave now.
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\ninterrupted twice: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupt: stopping at the next safe point and saving a checkpoint (Ctrl-C \
-                 again to abort)"
-            );
-        })
-        .context("cannot install the Ctrl-C handler")?;
-    }
+    let signal = Arc::new(AtomicI32::new(0));
+    stop_on_signals(&stop, &signal)?;
     let opts = TrainOptions {
         resume: a.resume,
         stop,
@@ -62,22 +50,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
     obs.clear();
     let outcome = match outcome {
         Err(e @ clipstock_train::TrainError::InterruptedBeforeStart { .. }) => {
-            eprintln!("{e}");
-            std::process::exit(130);
+            err!("{e}");
+            std::process::exit(signal_exit_code(&signal));
         }
         o => o?,
     };
-    println!("{}", outcome.results_markdown);
+    out!("{}", outcome.results_markdown);
     if outcome.stopped_early {
         let mut cmd = format!("clipstock train --config {}", config.display());
         for s in &a.set {
             cmd.push_str(&format!(" --set '{s}'"));
         }
-        println!("stopped early; continue with: {cmd} --resume");
+        out!("stopped early; continue with: {cmd} --resume");
     }
-    println!("run directory: {}", outcome.run_dir.display());
+    out!("run directory: {}", outcome.run_dir.display());
     if let Some(p) = outcome.final_merged {
-        println!("merged model: {}", p.display());
+        out!("merged model: {}", p.display());
+    }
+    if outcome.stopped_early {
+        // Non-zero, as shells expect of a job a signal stopped: `train && next` must not go on
+        // with an unfinished run. The checkpoint is on disk and everything is printed.
+        std::process::exit(signal_exit_code(&signal));
     }
     Ok(())
 }
@@ -104,6 +97,53 @@ fn load_plan(a: &TrainArgs) -> Result<(PathBuf, clipstock_config::RunPlan)> {
         None => plan,
     };
     Ok((config, plan))
+}
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP (what Slurm, Kubernetes and a closed terminal send)
+/// all stop the run the same way: the first sets `stop`, so the trainer saves a checkpoint at
+/// the next step boundary and returns; a second one exits at once without a checkpoint. The
+/// first signal's number is kept in `signal` for the exit code.
+fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the signal handlers")?;
+    let (stop, signal) = (stop.clone(), signal.clone());
+    // A thread rather than a handler: printing is not async-signal-safe.
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = signal_name(sig);
+                if stop.swap(true, Ordering::SeqCst) {
+                    err!("\n{name} again: exiting without a checkpoint");
+                    std::process::exit(128 + sig);
+                }
+                signal.store(sig, Ordering::SeqCst);
+                err!(
+                    "\n{name}: stopping at the next safe point and saving a checkpoint (Ctrl-C \
+                     again to abort)"
+                );
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGINT => "interrupt (SIGINT)",
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// 128 + the number of the signal that stopped the run (130 if none was recorded).
+fn signal_exit_code(signal: &AtomicI32) -> i32 {
+    match signal.load(Ordering::SeqCst) {
+        0 => 130,
+        sig => 128 + sig,
+    }
 }
 
 /// Draws bars on a terminal, prints lines otherwise.
@@ -134,7 +174,7 @@ impl Progress {
         if self.tty {
             let _ = self.bars.println(msg);
         } else {
-            eprintln!("[{:>7.1}s] {msg}", self.started.elapsed().as_secs_f64());
+            err!("[{:>7.1}s] {msg}", self.started.elapsed().as_secs_f64());
         }
     }
 

@@ -228,7 +228,12 @@ fn ctrl_c_at_line(args: &[String], marker: &str, what: &str) {
     sigint(&child);
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
     let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "exit {}: {rest:?}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "exit {}: {rest:?}",
+        out.status
+    );
 }
 
 /// The trainer state of the last complete checkpoint of run directory `run`.
@@ -337,9 +342,10 @@ fn sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run() {
     wait_for_step(&tmp.path().join("interrupted/metrics.jsonl"), 3, &mut child);
     sigint(&child);
     let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "Ctrl-C must exit cleanly: {}",
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "Ctrl-C must checkpoint, then exit 130: {}",
         out.status
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("stopped early"));

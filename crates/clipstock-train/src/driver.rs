@@ -74,6 +74,9 @@ pub fn train(plan: &RunPlan, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
     obs.on(Event::Started {
         run_dir: dir.path.clone(),
     });
+    // Held past `start`, which consumes the directory: a failed start removes it below, and
+    // must do so before another process can take it.
+    let _lock = dir.lock();
     let mut t = match start(plan, dir, opts, obs) {
         Ok(t) => t,
         Err(e) => {
@@ -129,7 +132,7 @@ fn open_run_dir(plan: &RunPlan, resume: bool) -> Result<RunDir> {
     if !resume {
         // Check before creating anything on disk.
         if path.exists() && !RunDir::is_abandoned_start(path) {
-            return Err(TrainError::RunExists(path.clone()));
+            return Err(RunDir::refusal(path));
         }
         let dir = RunDir::create(path)?;
         dir.write("config.toml", config.as_bytes())?;

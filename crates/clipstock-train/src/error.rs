@@ -35,6 +35,15 @@ pub enum TrainError {
     )]
     RunExists(PathBuf),
 
+    /// Another live process has the run directory open (start or `--resume`).
+    #[error(
+        "run directory `{}` is in use by {}; wait for it to finish or stop it first",
+        path.display(),
+        match pid { Some(p) => format!("another clipstock process (PID {p})"),
+                    None => "another clipstock process".to_string() }
+    )]
+    RunLocked { path: PathBuf, pid: Option<u32> },
+
     #[error("--resume: `{0}` holds no complete checkpoint")]
     NothingToResume(PathBuf),
 

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError, io};
 
+mod lock;
 mod reader;
 mod records;
 
+pub use lock::{LOCK_FILE, RunLock};
 pub use reader::RunReader;
 pub use records::{EvalRecord, MergeRecord, Record, ResumeRecord, StepRecord};
 
@@ -24,6 +26,8 @@ pub const TRAIN_LOG: &str = "train.log";
 pub struct RunDir {
     pub path: PathBuf,
     metrics: File,
+    /// Held for as long as the directory is open (see `lock.rs`).
+    lock: RunLock,
 }
 
 /// Where training stands; saved with every checkpoint.
@@ -125,38 +129,86 @@ pub struct EpochRow {
 impl RunDir {
     /// A new run directory; refuses an existing one, except the remains of a start that
     /// never reached its first checkpoint (a config and no `latest.json`), which are replaced.
+    /// The directory is locked before anything in it is judged, deleted or written.
     pub fn create(path: &Path) -> Result<RunDir> {
-        if path.exists() {
-            if !Self::is_abandoned_start(path) {
+        fs::create_dir_all(path).map_err(io("create the run directory", path))?;
+        let lock = RunLock::acquire(path)?;
+        let mut others = Vec::new();
+        for e in fs::read_dir(path).map_err(io("list", path))?.flatten() {
+            if e.file_name() != LOCK_FILE {
+                others.push(e.path());
+            }
+        }
+        if !others.is_empty() {
+            if !Self::looks_abandoned(path) {
                 return Err(TrainError::RunExists(path.to_path_buf()));
             }
             tracing::warn!(
                 "replacing `{}`: a start that never wrote a checkpoint",
                 path.display()
             );
-            fs::remove_dir_all(path).map_err(io("remove the abandoned run directory", path))?;
+            for p in others {
+                let removed = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                removed.map_err(io("remove the abandoned run directory's", &p))?;
+            }
         }
-        fs::create_dir_all(path).map_err(io("create the run directory", path))?;
         for sub in ["checkpoints", "merges"] {
             let p = path.join(sub);
             fs::create_dir_all(&p).map_err(io("create", &p))?;
         }
-        Self::open_metrics(path)
+        Self::open_metrics(path, lock)
     }
 
+    /// The remains of a start that never checkpointed, and nobody holds its lock.
     pub fn is_abandoned_start(path: &Path) -> bool {
+        Self::looks_abandoned(path) && RunLock::holder(path).is_none()
+    }
+
+    /// Why an existing, not abandoned `path` cannot be started: in use, or a run.
+    pub fn refusal(path: &Path) -> TrainError {
+        match RunLock::holder(path) {
+            Some(pid) => TrainError::RunLocked {
+                path: path.to_path_buf(),
+                pid,
+            },
+            None => TrainError::RunExists(path.to_path_buf()),
+        }
+    }
+
+    fn looks_abandoned(path: &Path) -> bool {
         path.join("config.toml").is_file() && !path.join("checkpoints").join("latest.json").exists()
     }
 
-    /// An existing run directory with a complete checkpoint.
+    /// An existing run directory with a complete checkpoint, locked; temporaries that killed
+    /// processes left in it are removed.
     pub fn open(path: &Path) -> Result<RunDir> {
+        if !path.is_dir() {
+            return Err(TrainError::NothingToResume(path.to_path_buf()));
+        }
+        let lock = RunLock::acquire(path)?;
         if !path.join("checkpoints").join("latest.json").is_file() {
             return Err(TrainError::NothingToResume(path.to_path_buf()));
         }
-        Self::open_metrics(path)
+        let mut removed = Vec::new();
+        for sub in ["", "checkpoints", "merges"] {
+            removed.extend(clipstock_tensors::remove_stale_temporaries(&path.join(sub)));
+        }
+        if let Some(line) = clipstock_tensors::removed_line(&removed) {
+            tracing::warn!("{line}");
+        }
+        Self::open_metrics(path, lock)
     }
 
-    fn open_metrics(path: &Path) -> Result<RunDir> {
+    /// The directory's lock, to hold beyond this value's life.
+    pub fn lock(&self) -> RunLock {
+        self.lock.clone()
+    }
+
+    fn open_metrics(path: &Path, lock: RunLock) -> Result<RunDir> {
         let m = path.join("metrics.jsonl");
         let metrics = OpenOptions::new()
             .create(true)
@@ -166,6 +218,7 @@ impl RunDir {
         Ok(RunDir {
             path: path.to_path_buf(),
             metrics,
+            lock,
         })
     }
 

@@ -23,5 +23,5 @@ pub use error::{IoError, Result, TensorsError};
 pub use reader::{ReadMode, SafetensorsFile, TensorInfo};
 pub use rng::{SplitMix64, mix64};
 pub use source::{Catalog, Source};
-pub use state::{HostTensor, StateDict, looks_like_safetensors};
+pub use state::{HostTensor, NonFinite, StateDict, looks_like_safetensors};
 pub use writer::{HeaderEntry, SafetensorsWriter};

@@ -209,9 +209,24 @@ fn main() {
         )
         .init();
     if let Err(e) = run(cli) {
-        err!("error: {e:#}");
+        err!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, like `{:#}`, but a cause already quoted by the
+/// message above it (our errors show their OS error inline and keep it as their source) is
+/// not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {

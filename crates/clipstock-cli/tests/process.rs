@@ -201,7 +201,7 @@ fn one_process_per_run_directory_and_signals_checkpoint_with_their_exit_code() {
     // Two starts of one run name 0.05 s apart: exactly one runs, the other fails at once
     // naming the first one's PID, and the survivor's directory is its own.
     let args = small_quickstart(out, "raced");
-    let mut first = spawn(&args, Stdio::piped(), Stdio::piped());
+    let first = spawn(&args, Stdio::piped(), Stdio::piped());
     std::thread::sleep(Duration::from_millis(50));
     let second = spawn(&args, Stdio::piped(), Stdio::piped());
     let (first_pid, second_pid) = (first.id(), second.id());

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::state::StateDict;
+use crate::tokenizer::{MIN_CONTEXT_LENGTH, VOCAB_SIZE};
 
 /// OpenAI's loader derives the head count from the width with a fixed head size of 64; we do the
 /// same so that any OpenAI-style checkpoint loads without a preset.
@@ -64,7 +65,7 @@ fn vision(image_size: usize, patch_size: usize, width: usize, layers: usize) -> 
 fn text(width: usize, layers: usize) -> TextArch {
     TextArch {
         context_length: 77,
-        vocab_size: 49408,
+        vocab_size: VOCAB_SIZE,
         width,
         layers,
         heads: width / HEAD_WIDTH,
@@ -152,13 +153,30 @@ impl ClipArch {
             reason,
         };
 
+        // Each size is read from every tensor that carries it and the most common value wins:
+        // one mis-shaped tensor then disagrees with the inferred architecture and validation
+        // names that tensor, not a correct one that merely disagrees with it.
+        let dim =
+            |name: &str, axis: usize| state.get(name).and_then(|t| t.shape.get(axis).copied());
+        let vote = |candidates: &[(&str, usize)]| -> Option<usize> {
+            let values: Vec<usize> = candidates.iter().filter_map(|(n, a)| dim(n, *a)).collect();
+            // Ties go to the first value listed, the tensor that defines the size.
+            let mut best: Option<(usize, usize)> = None;
+            for &v in &values {
+                let count = values.iter().filter(|&&x| x == v).count();
+                if best.is_none_or(|(_, c)| count > c) {
+                    best = Some((v, count));
+                }
+            }
+            best.map(|(v, _)| v)
+        };
+
         let conv = shape("visual.conv1.weight")?;
-        if conv.len() != 4 || conv[1] != 3 || conv[2] != conv[3] {
+        if conv.len() != 4 || conv[1] != 3 || conv[2] != conv[3] || conv[2] == 0 {
             return Err(bad(format!(
                 "`visual.conv1.weight` has shape {conv:?}, expected [width, 3, patch, patch]"
             )));
         }
-        let v_width = conv[0];
         let patch = conv[2];
         let v_pos = shape("visual.positional_embedding")?;
         if v_pos.len() != 2 || v_pos[0] < 2 {
@@ -177,13 +195,30 @@ impl ClipArch {
         if v_layers == 0 {
             return Err(bad("no `visual.transformer.resblocks.*` tensors".into()));
         }
-        let v_mlp = shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
         let proj = shape("visual.proj")?;
         if proj.len() != 2 {
             return Err(bad(format!(
                 "`visual.proj` has shape {proj:?}, expected 2 dims"
             )));
         }
+        let v_width = vote(&[
+            ("visual.class_embedding", 0),
+            ("visual.ln_pre.weight", 0),
+            ("visual.ln_pre.bias", 0),
+            ("visual.conv1.weight", 0),
+            ("visual.positional_embedding", 1),
+            ("visual.proj", 0),
+            ("visual.ln_post.weight", 0),
+            ("visual.ln_post.bias", 0),
+        ])
+        .unwrap_or(conv[0]);
+        let v_mlp =
+            mlp_width("visual.transformer.resblocks.", v_layers, &vote).ok_or_else(|| {
+                ModelError::NotClip {
+                    path: context.into(),
+                    reason: "no `visual.transformer.resblocks.0.mlp.c_fc.weight` tensor".into(),
+                }
+            })?;
         let vision = VisionArch {
             image_size: grid * patch,
             patch_size: patch,
@@ -199,17 +234,31 @@ impl ClipArch {
         let text = if has_text_blocks {
             let tok = shape("token_embedding.weight")?;
             let pos = shape("positional_embedding")?;
-            let width = shape("ln_final.weight")?[0];
-            let layers = count_blocks(state, "transformer.resblocks.");
-            let mlp = shape("transformer.resblocks.0.mlp.c_fc.weight")?[0];
             if tok.len() != 2 || pos.len() != 2 {
                 return Err(bad(format!(
                     "text embeddings have shapes {tok:?} and {pos:?}, expected 2 dims each"
                 )));
             }
+            let width = vote(&[
+                ("ln_final.weight", 0),
+                ("ln_final.bias", 0),
+                ("token_embedding.weight", 1),
+                ("positional_embedding", 1),
+                ("text_projection", 0),
+            ])
+            .unwrap_or(tok[1]);
+            let layers = count_blocks(state, "transformer.resblocks.");
+            let mlp = mlp_width("transformer.resblocks.", layers, &vote).ok_or_else(|| {
+                ModelError::NotClip {
+                    path: context.into(),
+                    reason: "no `transformer.resblocks.0.mlp.c_fc.weight` tensor".into(),
+                }
+            })?;
             Some(TextArch {
                 context_length: pos[0],
-                vocab_size: tok[0],
+                // Not read from the file: the tokenizer is fixed, so a token embedding of any
+                // other size is an error (validation names it) rather than another model.
+                vocab_size: VOCAB_SIZE,
                 width,
                 layers,
                 heads: (width / HEAD_WIDTH).max(1),
@@ -218,12 +267,67 @@ impl ClipArch {
         } else {
             None
         };
-        let embed_dim = proj[1];
-        Ok(ClipArch {
+        let embed_dim = vote(&[("visual.proj", 1), ("text_projection", 1)]).unwrap_or(proj[1]);
+        let arch = ClipArch {
             embed_dim,
             vision,
             text,
-        })
+        };
+        arch.check(context)?;
+        Ok(arch)
+    }
+
+    /// The sizes a model needs to agree among themselves before any module is built (tensor
+    /// shapes are checked against [`ClipArch::expected_shapes`] separately): attention heads
+    /// that divide the width, no empty dimension, and a text tower the tokenizer can feed.
+    pub fn check(&self, context: &str) -> Result<()> {
+        let bad = |reason: String| {
+            Err(ModelError::Invalid {
+                context: context.to_string(),
+                reason,
+            })
+        };
+        let v = &self.vision;
+        if self.embed_dim == 0 || v.width == 0 || v.mlp_width == 0 || v.patch_size == 0 {
+            return bad(format!(
+                "empty dimension: embed {}, vision width {}, mlp {}, patch {}",
+                self.embed_dim, v.width, v.mlp_width, v.patch_size
+            ));
+        }
+        if v.image_size == 0 || v.image_size % v.patch_size != 0 {
+            return bad(format!(
+                "image size {} is not a positive multiple of the patch size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        if v.heads == 0 || v.width % v.heads != 0 {
+            return bad(format!(
+                "vision width {} does not split into {} attention heads",
+                v.width, v.heads
+            ));
+        }
+        if let Some(t) = &self.text {
+            if t.width == 0 || t.mlp_width == 0 || t.layers == 0 {
+                return bad(format!(
+                    "empty text dimension: width {}, mlp {}, layers {}",
+                    t.width, t.mlp_width, t.layers
+                ));
+            }
+            if t.heads == 0 || t.width % t.heads != 0 {
+                return bad(format!(
+                    "text width {} does not split into {} attention heads",
+                    t.width, t.heads
+                ));
+            }
+            if t.context_length < MIN_CONTEXT_LENGTH {
+                return bad(format!(
+                    "`positional_embedding` has {} rows: the text context must hold at least \
+                     {MIN_CONTEXT_LENGTH} tokens (start, one word, end)",
+                    t.context_length
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every tensor of the model in canonical naming with its shape, in the order open_clip's
@@ -323,6 +427,25 @@ fn block_shapes(prefix: &str, width: usize, mlp: usize, push: &mut impl FnMut(St
     push(format!("{prefix}.mlp.c_proj.bias"), vec![width]);
 }
 
+/// The MLP width all blocks under `prefix` agree on most (see `vote` in [`ClipArch::infer`]).
+fn mlp_width(
+    prefix: &str,
+    layers: usize,
+    vote: &impl Fn(&[(&str, usize)]) -> Option<usize>,
+) -> Option<usize> {
+    let names: Vec<(String, usize)> = (0..layers)
+        .flat_map(|i| {
+            [
+                (format!("{prefix}{i}.mlp.c_fc.weight"), 0),
+                (format!("{prefix}{i}.mlp.c_fc.bias"), 0),
+                (format!("{prefix}{i}.mlp.c_proj.weight"), 1),
+            ]
+        })
+        .collect();
+    let refs: Vec<(&str, usize)> = names.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    vote(&refs)
+}
+
 /// Number of residual blocks under `prefix` (`prefix{i}.…`), i.e. the highest index plus one.
 fn count_blocks(state: &StateDict, prefix: &str) -> usize {
     state
@@ -337,6 +460,7 @@ fn count_blocks(state: &StateDict, prefix: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{DType, HostTensor};
 
     #[test]
     fn presets_have_openai_parameter_counts() {
@@ -364,6 +488,99 @@ mod tests {
             let state = StateDict::zeros_like_shapes(&arch.expected_shapes());
             let inferred = ClipArch::infer(&state, "test").expect("infer");
             assert_eq!(inferred, arch, "{name}");
+        }
+    }
+
+    /// `tiny()` with a small text tower on the real tokenizer's vocabulary.
+    fn tiny_with_text() -> ClipArch {
+        ClipArch {
+            text: Some(TextArch {
+                context_length: 5,
+                vocab_size: VOCAB_SIZE,
+                width: 8,
+                layers: 1,
+                heads: 1,
+                mlp_width: 16,
+            }),
+            ..ClipArch::tiny()
+        }
+    }
+
+    fn validate_error(state: &StateDict) -> String {
+        match ClipArch::infer(state, "t") {
+            Err(e) => e.to_string(),
+            Ok(arch) => crate::load::validate(state, &arch, "t", true)
+                .map(|()| String::from("valid"))
+                .unwrap_or_else(|e| e.to_string()),
+        }
+    }
+
+    #[test]
+    fn token_embedding_one_row_short_is_named() {
+        let arch = tiny_with_text();
+        let mut state = StateDict::zeros_like_shapes(&arch.expected_shapes());
+        assert_eq!(validate_error(&state), "valid");
+        state.insert(
+            "token_embedding.weight",
+            HostTensor::new(
+                vec![VOCAB_SIZE - 1, 8],
+                DType::F32,
+                vec![0.0; (VOCAB_SIZE - 1) * 8],
+            ),
+        );
+        let err = validate_error(&state);
+        assert!(err.contains("`token_embedding.weight`"), "{err}");
+        assert!(
+            err.contains("[49407, 8]") && err.contains("[49408, 8]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn context_shorter_than_the_tokenizer_needs_is_refused() {
+        let mut arch = tiny_with_text();
+        if let Some(t) = arch.text.as_mut() {
+            t.context_length = 2;
+        }
+        let state = StateDict::zeros_like_shapes(&arch.expected_shapes());
+        let err = validate_error(&state);
+        assert!(err.contains("`positional_embedding` has 2 rows"), "{err}");
+    }
+
+    #[test]
+    fn heads_must_divide_the_width() {
+        let mut arch = ClipArch::tiny();
+        arch.vision.width = 130;
+        arch.vision.heads = 4;
+        let err = arch.check("t").expect_err("130 / 4").to_string();
+        assert!(
+            err.contains("does not split into 4 attention heads"),
+            "{err}"
+        );
+        assert!(ClipArch::tiny().check("t").is_ok());
+    }
+
+    /// One wrong tensor is named, not a correct one it disagrees with.
+    #[test]
+    fn the_mis_shaped_tensor_is_named() {
+        let cases = [
+            ("visual.conv1.weight", vec![65, 3, 4, 4]),
+            ("visual.class_embedding", vec![65]),
+            ("visual.ln_pre.weight", vec![63]),
+            (
+                "visual.transformer.resblocks.0.mlp.c_fc.weight",
+                vec![31, 64],
+            ),
+            ("ln_final.weight", vec![7]),
+            ("text_projection", vec![9, 8]),
+        ];
+        for (name, shape) in cases {
+            let arch = tiny_with_text();
+            let mut state = StateDict::zeros_like_shapes(&arch.expected_shapes());
+            let n = shape.iter().product();
+            state.insert(name, HostTensor::new(shape, DType::F32, vec![0.0; n]));
+            let err = validate_error(&state);
+            assert!(err.contains(&format!("`{name}`")), "{name}: {err}");
         }
     }
 

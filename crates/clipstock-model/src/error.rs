@@ -34,6 +34,13 @@ pub enum ModelError {
         name: String,
         dtype: String,
     },
+    #[error("{path}: tensor `{name}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
     #[error("{path}: does not look like a CLIP checkpoint: {reason}")]
     NotClip { path: PathBuf, reason: String },
     #[error("{context}: missing tensor `{name}` (expected shape {expected:?})")]

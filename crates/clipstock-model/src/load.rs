@@ -134,6 +134,7 @@ pub fn head_from(state: &StateDict, embed_dim: usize, context: &str) -> Result<S
 /// Checks that `state` holds exactly the tensors of `arch` with the right shapes. With
 /// `allow_head`, a classification head may be present too (it is checked by [`head_from`]).
 pub fn validate(state: &StateDict, arch: &ClipArch, context: &str, allow_head: bool) -> Result<()> {
+    arch.check(context)?;
     let expected = arch.expected_shapes();
     for (name, shape) in &expected {
         let Some(t) = state.get(name) else {
@@ -173,6 +174,9 @@ pub fn validate(state: &StateDict, arch: &ClipArch, context: &str, allow_head: b
             context: context.to_string(),
             names: format!("{}{more}", shown.join(", ")),
         });
+    }
+    if allow_head && (state.contains(HEAD_WEIGHT) || state.contains(HEAD_BIAS)) {
+        head_from(state, arch.embed_dim, context)?;
     }
     Ok(())
 }

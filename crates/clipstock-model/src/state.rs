@@ -67,7 +67,24 @@ impl StateDict {
 
     /// Reads a checkpoint, detecting the container from its first bytes: safetensors
     /// (memory-mapped), a `torch.save` zip, or a legacy pickle.
+    ///
+    /// Every value is checked to be finite here, the one door weights enter by (checkpoints,
+    /// head files, checkpoint restores), so a NaN is reported once by name instead of
+    /// spreading silently through training or an export.
     pub fn read(path: &Path) -> Result<StateDict> {
+        let state = Self::read_unchecked(path)?;
+        if let Some(bad) = state.first_non_finite() {
+            return Err(ModelError::NonFinite {
+                path: path.to_path_buf(),
+                name: bad.name.to_string(),
+                index: bad.index,
+                value: bad.value,
+            });
+        }
+        Ok(state)
+    }
+
+    fn read_unchecked(path: &Path) -> Result<StateDict> {
         let io = |source| ModelError::Io {
             path: path.to_path_buf(),
             source,

@@ -5,6 +5,10 @@ use instant_clip_tokenizer::Tokenizer;
 pub const SOT: u32 = 49406;
 pub const EOT: u32 = 49407;
 pub const CONTEXT_LENGTH: usize = 77;
+/// Rows a token embedding needs: OpenAI's BPE emits ids up to [`EOT`].
+pub const VOCAB_SIZE: usize = EOT as usize + 1;
+/// The shortest context [`ClipTokenizer`] encodes into (start, one token, end).
+pub const MIN_CONTEXT_LENGTH: usize = 3;
 
 /// open_clip's `tokenize`: `[SOT] + bpe(clean(text)) + [EOT]`, truncated to the context length
 /// with EOT kept as the last token, zero padded.
@@ -23,7 +27,7 @@ impl ClipTokenizer {
     pub fn new(context_length: usize) -> Self {
         ClipTokenizer {
             inner: Tokenizer::new(),
-            context_length: context_length.max(3),
+            context_length: context_length.max(MIN_CONTEXT_LENGTH),
         }
     }
 

@@ -28,5 +28,5 @@ pub use reader::{ReadMode, SafetensorsFile, TensorInfo};
 pub use rng::{SplitMix64, mix64};
 pub use source::{Catalog, Source};
 pub use stale::{remove_stale_temporaries, removed_line, scratch_prefix};
-pub use state::{HostTensor, StateDict, looks_like_safetensors};
+pub use state::{HostTensor, NonFinite, StateDict, looks_like_safetensors};
 pub use writer::{HeaderEntry, SafetensorsWriter};

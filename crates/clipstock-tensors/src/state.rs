@@ -44,6 +44,14 @@ impl HostTensor {
     }
 }
 
+/// Where a state dict first holds a non-finite value (see [`StateDict::first_non_finite`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFinite<'a> {
+    pub name: &'a str,
+    pub index: usize,
+    pub value: f32,
+}
+
 /// An ordered collection of named tensors. Order is the file's (or the model's) order, so that
 /// exports list keys the way the source did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -113,6 +121,19 @@ impl StateDict {
             }
         }
         out
+    }
+
+    /// The first tensor (in order) holding a NaN or an infinity, with the flat index and value
+    /// of its first such element. One pass over the data, stopping at the first hit.
+    pub fn first_non_finite(&self) -> Option<NonFinite<'_>> {
+        self.iter().find_map(|(name, t)| {
+            let index = t.data.iter().position(|x| !x.is_finite())?;
+            Some(NonFinite {
+                name,
+                index,
+                value: t.data[index],
+            })
+        })
     }
 
     /// A state dict of zeros with the given shapes (tests and shape-only checks).
@@ -244,6 +265,22 @@ pub fn natural_key(s: &str) -> Vec<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_non_finite_names_tensor_index_and_value() {
+        let mut sd = sample();
+        assert_eq!(sd.first_non_finite(), None);
+        sd.insert(
+            "c",
+            HostTensor::new(vec![3], DType::F32, vec![0.0, 1.0, f32::NEG_INFINITY]),
+        );
+        sd.insert("d", HostTensor::new(vec![1], DType::F32, vec![f32::NAN]));
+        let hit = sd.first_non_finite().expect("non-finite");
+        assert_eq!(
+            (hit.name, hit.index, hit.value),
+            ("c", 2, f32::NEG_INFINITY)
+        );
+    }
 
     fn sample() -> StateDict {
         let mut sd = StateDict::new();

@@ -362,10 +362,10 @@ impl CheckpointHook {
                     .clone()
                     .into_record()
                     .save(tmp.join(format!("run_{}.bpk", i + 1)))
-                    .map_err(|e| err(format!("run {}: {e:?}", i + 1)))?;
+                    .map_err(|e| err(format!("run {}: {e}", i + 1)))?;
                 run.optim
                     .save(tmp.join(format!("run_{}.optim.bpk", i + 1)))
-                    .map_err(|e| err(format!("run {} optimizer: {e:?}", i + 1)))?;
+                    .map_err(|e| err(format!("run {} optimizer: {e}", i + 1)))?;
             }
             if let Some(m) = last_merge {
                 m.write_safetensors(&tmp.join("merged.safetensors"), Some(DType::F32), None)
@@ -381,20 +381,19 @@ impl CheckpointHook {
     /// Loads the last complete checkpoint into the freshly built runs.
     pub fn restore(cx: &mut HookCx<'_>) -> Result<()> {
         let state = cx.dir.latest()?;
+        cx.dir.verify_checkpoint(&state)?;
         let dir = cx.dir.checkpoint_dir(&state);
-        let err = |reason: String| TrainError::Checkpoint {
-            path: dir.clone(),
-            reason,
-        };
         let session = &mut *cx.session;
         for (i, run) in session.runs.iter_mut().enumerate() {
             let model = std::mem::replace(&mut run.model, session.w0.base.clone());
             run.model = load_run_record(model, &dir.join(format!("run_{}.bpk", i + 1)))?;
             let p = dir.join(format!("run_{}.optim.bpk", i + 1));
+            crate::session::check_readable(&p)?;
             let optim = std::mem::replace(&mut run.optim, new_optimizer(&cx.plan.spec));
-            run.optim = optim
-                .load(&p)
-                .map_err(|e| err(format!("{}: {e:?}", p.display())))?;
+            run.optim = optim.load(&p).map_err(|e| TrainError::Checkpoint {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
         }
         if state.train_images != session.train_images || state.train_hash != session.train_hash {
             return Err(TrainError::Checkpoint {

@@ -56,12 +56,12 @@ struct Parsed {
 
 fn parse<M: Module>(module: &M, optim: &ModuleOptimizer) -> Result<Parsed> {
     let paths = paths_of(module);
-    let bytes = optim.into_bytes().map_err(|e| err(format!("{e:?}")))?;
-    let reader = Reader::from_bytes(bytes).map_err(|e| err(format!("{e:?}")))?;
+    let bytes = optim.into_bytes().map_err(|e| err(e.to_string()))?;
+    let reader = Reader::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
     let reader_scalars = reader.scalars().clone();
     let metadata = reader.metadata().clone();
     let mut tensors = Vec::new();
-    for t in reader.into_tensors().map_err(|e| err(format!("{e:?}")))? {
+    for t in reader.into_tensors().map_err(|e| err(e.to_string()))? {
         let (Some(id), Some((_, field))) = (t.param_id, t.name.split_once('.')) else {
             return Err(err(format!("unexpected tensor `{}`", t.name)));
         };
@@ -94,7 +94,7 @@ pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()>
             if t.dtype != DType::F32 {
                 return Err(err(format!("`{path}.{field}` is {:?}, not f32", t.dtype)));
             }
-            let bytes = t.to_bytes().map_err(|e| err(format!("{e:?}")))?;
+            let bytes = t.to_bytes().map_err(|e| err(e.to_string()))?;
             let values: &[f32] = bytemuck::try_cast_slice(&bytes)
                 .map_err(|e| err(format!("`{path}.{field}`: {e}")))?;
             let entry = sums
@@ -147,14 +147,12 @@ pub fn average<M: Module>(runs: &mut [(&M, &mut ModuleOptimizer)]) -> Result<()>
         for (k, v) in &p.metadata {
             writer = writer.with_metadata(k, v);
         }
-        let bytes = writer.into_bytes().map_err(|e| err(format!("{e:?}")))?;
+        let bytes = writer.into_bytes().map_err(|e| err(e.to_string()))?;
         let current = std::mem::replace(
             *optim,
             ModuleOptimizer::from(burn::optim::AdamWConfig::new().build()),
         );
-        **optim = current
-            .from_bytes(bytes)
-            .map_err(|e| err(format!("{e:?}")))?;
+        **optim = current.from_bytes(bytes).map_err(|e| err(e.to_string()))?;
     }
     Ok(())
 }

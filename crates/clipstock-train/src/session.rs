@@ -415,10 +415,19 @@ pub(crate) fn load_run_record(model: ImageClassifier, path: &Path) -> Result<Ima
         path: path.to_path_buf(),
         reason,
     };
-    let record = ModuleRecord::load(path).map_err(|e| err(format!("{e:?}")))?;
+    check_readable(path)?;
+    let record = ModuleRecord::load(path).map_err(|e| err(e.to_string()))?;
     model
         .try_load_record(record)
-        .map_err(|e| err(format!("{e:?}")))
+        .map_err(|e| err(e.to_string()))
+}
+
+/// burn reports a file it cannot open as a string holding the OS error; opening it first
+/// gives the usual "cannot read `path`: <OS error>" instead.
+pub(crate) fn check_readable(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(crate::error::io("read", path))
 }
 
 /// How evaluations and the metrics name run `i` (0-based).

@@ -3,12 +3,14 @@
 //! built under a temporary name and renamed, then `checkpoints/latest.json` is replaced, so a
 //! process killed at any instant leaves `latest.json` naming a complete checkpoint.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use clipstock_tensors::fault;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TrainError, io};
 
@@ -80,6 +82,10 @@ pub struct TrainerState {
     /// f16 training's loss scale per run (empty at other precisions).
     #[serde(default)]
     pub loss_scales: Vec<crate::step::LossScale>,
+    /// sha256 (hex) of every file in the checkpoint folder, by file name, verified before a
+    /// resume loads any of them. Empty in checkpoints written before checksums existed.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, String>,
 }
 
 impl TrainerState {
@@ -110,6 +116,7 @@ impl TrainerState {
             epoch_end_merged: false,
             epoch_end_mean_t: None,
             loss_scales,
+            checksums: BTreeMap::new(),
         }
     }
 }
@@ -296,7 +303,9 @@ impl RunDir {
         }
         fs::rename(&tmp, &final_dir).map_err(io("rename into place", &final_dir))?;
         fault::point("checkpoint.renamed");
-        let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
+        let mut recorded = state.clone();
+        recorded.checksums = folder_checksums(&final_dir)?;
+        let json = serde_json::to_vec_pretty(&recorded).map_err(|e| TrainError::Checkpoint {
             path: root.join("latest.json"),
             reason: e.to_string(),
         })?;
@@ -313,6 +322,82 @@ impl RunDir {
         }
         Ok(final_dir)
     }
+}
+
+impl RunDir {
+    /// Checks the files of the checkpoint `state` names against the checksums `latest.json`
+    /// recorded: a flipped bit would otherwise resume silently into a different model. A
+    /// checkpoint from before checksums existed resumes with a warning.
+    pub fn verify_checkpoint(&self, state: &TrainerState) -> Result<()> {
+        let dir = self.checkpoint_dir(state);
+        if state.checksums.is_empty() {
+            tracing::warn!(
+                "checkpoint `{}` records no checksums (written by an older clipstock): its files \
+                 are not verified",
+                dir.display()
+            );
+            return Ok(());
+        }
+        let found = folder_checksums(&dir)?;
+        let mismatch = |name: &str, reason: &str| TrainError::Checkpoint {
+            path: dir.join(name),
+            reason: reason.to_string(),
+        };
+        for (name, sum) in &state.checksums {
+            match found.get(name) {
+                None => return Err(mismatch(name, "missing (latest.json lists it)")),
+                Some(got) if got != sum => {
+                    return Err(mismatch(
+                        name,
+                        "its sha256 differs from the one latest.json recorded when it was \
+                         written: the file is corrupted or was changed; restore it or start \
+                         the run again",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = found.keys().find(|n| !state.checksums.contains_key(*n)) {
+            return Err(mismatch(
+                extra,
+                "not part of the checkpoint latest.json recorded",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// sha256 of every file in `dir`, by file name.
+fn folder_checksums(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+        let p = e.path();
+        if p.is_file() {
+            out.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                sha256_file(&p)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(io("read", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn read_latest(run_dir: &Path) -> Result<TrainerState> {

@@ -294,13 +294,13 @@ impl ClipArch {
                 self.embed_dim, v.width, v.mlp_width, v.patch_size
             ));
         }
-        if v.image_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "image size {} is not a positive multiple of the patch size {}",
                 v.image_size, v.patch_size
             ));
         }
-        if v.heads == 0 || v.width % v.heads != 0 {
+        if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return bad(format!(
                 "vision width {} does not split into {} attention heads",
                 v.width, v.heads
@@ -313,7 +313,7 @@ impl ClipArch {
                     t.width, t.mlp_width, t.layers
                 ));
             }
-            if t.heads == 0 || t.width % t.heads != 0 {
+            if t.heads == 0 || !t.width.is_multiple_of(t.heads) {
                 return bad(format!(
                     "text width {} does not split into {} attention heads",
                     t.width, t.heads

@@ -242,11 +242,15 @@ fn assert_same_as(reference: &Reference, dir: &Path, case: &str) {
     assert!(left.is_empty(), "{case}: temporary files left: {left:?}");
 }
 
-/// The `(point, occurrence)` cases of this run: every point, one occurrence each drawn from
-/// `seed`, plus a second one for points reached more than 8 times (writes, steps, batches).
+/// The `(point, occurrence)` cases of this run: the first write, then every point with one
+/// occurrence drawn from `seed`, plus a second one for points reached more than 8 times
+/// (writes, steps, batches).
 fn cases(hits: &BTreeMap<String, u64>, seed: u64) -> Vec<(String, u64)> {
     let mut rng = clipstock_tensors::SplitMix64(seed);
-    let mut cases = Vec::new();
+    // Always: the run's first write (its config.toml), before and after the data is synced —
+    // a start killed there once left a folder no new start would replace.
+    let mut cases: Vec<(String, u64)> =
+        vec![("atomic.write".into(), 1), ("atomic.synced".into(), 1)];
     for (point, &count) in hits {
         let draws = if count > 8 { 2 } else { 1 };
         for _ in 0..draws {

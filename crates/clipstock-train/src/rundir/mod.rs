@@ -186,8 +186,12 @@ impl RunDir {
         }
     }
 
+    /// No complete checkpoint, and ours: a config, or at least the lock file a start creates
+    /// before anything else (a start killed while writing its config.toml leaves only that and
+    /// a temporary; a folder clipstock never touched has neither and is refused).
     fn looks_abandoned(path: &Path) -> bool {
-        path.join("config.toml").is_file() && !path.join("checkpoints").join("latest.json").exists()
+        let ours = path.join("config.toml").is_file() || path.join(LOCK_FILE).is_file();
+        ours && !path.join("checkpoints").join("latest.json").exists()
     }
 
     /// An existing run directory with a complete checkpoint, locked; temporaries that killed

@@ -32,29 +32,12 @@ const SAME_BYTES: [&str; 6] = [
 /// Every case's run has this name (in its own output folder), so `results.md` matches too.
 const RUN: &str = "faulted";
 
-/// The quickstart, small: 2 epochs of 6 steps × 2 seeds, evaluations after each epoch, one
-/// merge per epoch; about a second on 2 cores.
+/// The small quickstart of tests/common (2 epochs of 6 steps × 2 seeds, evaluations after
+/// each epoch, one merge per epoch; about a second on 2 cores), its data tree shared by every
+/// case (a later `--set` of a key replaces an earlier one).
 fn quickstart_args(out: &Path, data: &Path) -> Vec<String> {
-    let mut args: Vec<String> = ["train", "--config", "configs/quickstart.toml"]
-        .map(String::from)
-        .to_vec();
-    let sets = [
-        format!("run.name={RUN}"),
-        format!("run.output_dir={}", out.display()),
-        format!("data.root={}", data.display()),
-        "data.train_limit=96".into(),
-        "data.workers=2".into(),
-        "optim.epochs=2".into(),
-        "optim.batch_size=16".into(),
-        "optim.warmup_steps=2".into(),
-        "eval.limit_per_set=24".into(),
-        "run.log_every_steps=1".into(),
-    ];
-    for s in sets {
-        args.push("--set".into());
-        args.push(s);
-    }
-    args
+    let data = format!("data.root={}", data.display());
+    common::small_quickstart(out, RUN, &[&data])
 }
 
 fn command(args: &[String], env: &[(&str, String)]) -> Command {

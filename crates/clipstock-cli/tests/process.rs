@@ -2,44 +2,27 @@
 //! directory, temporaries that killed processes left, and the signals a scheduler sends.
 
 mod common;
-use common::{assert_fails_with, assert_ok, clipstock, root};
+use common::{assert_fails_with, assert_ok, clipstock, root, wait_for_step};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A PID no process can have (above the kernel's limit of 2^22).
 const DEAD_PID: u32 = 4_194_999;
 
-/// The small quickstart of tests/train.rs, without evaluations except the last.
+/// The small quickstart of tests/common, without evaluations except the last.
 fn small_quickstart(out: &Path, name: &str) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "configs/quickstart.toml".into(),
-    ];
-    let data = out.join("data");
-    let sets = [
-        format!("run.name={name}"),
-        format!("run.output_dir={}", out.display()),
-        format!("data.root={}", data.display()),
-        "data.train_limit=96".into(),
-        "data.workers=2".into(),
-        "optim.epochs=2".into(),
-        "optim.batch_size=16".into(),
-        "optim.warmup_steps=2".into(),
-        "eval.limit_per_set=24".into(),
-        "eval.every_epochs=0".into(),
-        "eval.zero_shot=false".into(),
-        "eval.runs=false".into(),
-        "run.log_every_steps=1".into(),
-    ];
-    for s in sets {
-        args.push("--set".into());
-        args.push(s);
-    }
-    args
+    common::small_quickstart(
+        out,
+        name,
+        &[
+            "eval.every_epochs=0",
+            "eval.zero_shot=false",
+            "eval.runs=false",
+        ],
+    )
 }
 
 fn spawn(args: &[String], stdout: Stdio, stderr: Stdio) -> Child {
@@ -82,26 +65,6 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 fn fixture(path: &str) -> String {
     root().join(path).to_string_lossy().into_owned()
-}
-
-fn wait_for_step(metrics: &Path, global_step: u64, child: &mut Child) {
-    let start = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(metrics) {
-            let reached = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .any(|v| v["kind"] == "step" && v["global_step"].as_u64() >= Some(global_step));
-            if reached {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("training ended before step {global_step}: {status}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(300), "timed out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn kill(child: &Child, signal: &str) {

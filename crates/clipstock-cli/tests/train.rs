@@ -3,39 +3,12 @@
 //! uninterrupted run, the NaN guard, and config errors.
 
 mod common;
-use common::{TABLE_COLUMNS, assert_fails_with, assert_ok, clipstock, root};
+use common::{
+    TABLE_COLUMNS, assert_fails_with, assert_ok, clipstock, root, small_quickstart, wait_for_step,
+};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// The quickstart config, made small: its own output folder and data tree (generated from the
-/// shipped assets), few images, two epochs.
-fn small_quickstart(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "configs/quickstart.toml".into(),
-    ];
-    let data = out.join("data");
-    let sets = [
-        format!("run.name={name}"),
-        format!("run.output_dir={}", out.display()),
-        format!("data.root={}", data.display()),
-        "data.train_limit=96".into(),
-        "data.workers=2".into(),
-        "optim.epochs=2".into(),
-        "optim.batch_size=16".into(),
-        "optim.warmup_steps=2".into(),
-        "eval.limit_per_set=24".into(),
-        "run.log_every_steps=1".into(),
-    ];
-    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    args
-}
 
 #[test]
 fn quickstart_runs_end_to_end() {
@@ -169,26 +142,6 @@ fn quickstart_runs_end_to_end() {
             .expect("json");
     assert!(ev["merged"]["imagenet"]["top1"].as_f64().is_some());
     assert!(ev["run 1 (seed 1)"]["objectnet"]["count"].as_u64() == Some(8));
-}
-
-fn wait_for_step(metrics: &Path, global_step: u64, child: &mut std::process::Child) {
-    let start = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(metrics) {
-            let reached = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .any(|v| v["kind"] == "step" && v["global_step"].as_u64() >= Some(global_step));
-            if reached {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("training ended before step {global_step}: {status}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(300), "timed out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Starts `clipstock` with `args` from the repository root, quiet unless RUST_LOG says more.

@@ -187,13 +187,13 @@ impl Optimizer for FusedAdamW {
             Some((m, v)) => (host_data(m), host_data(v)),
             None => (Ok(vec![0.0; n]), Ok(vec![0.0; n])),
         };
+        let back = |x: Result<Vec<f32>, TensorData>| match x {
+            Ok(x) => Tensor::<D>::from_data(TensorData::new(x, shape.clone()), &device),
+            Err(d) => Tensor::<D>::from_data(d, &device),
+        };
         let (Ok(p_host), Ok(g_host), Ok(m_host), Ok(v_host)) = (&mut p, &g, &mut m, &mut v) else {
             // Not f32 after all (the dtype check above makes this unreachable): burn's step,
             // on the tensors and the state as they were.
-            let back = |x: Result<Vec<f32>, TensorData>| match x {
-                Ok(x) => Tensor::<D>::from_data(TensorData::new(x, shape.clone()), &device),
-                Err(d) => Tensor::<D>::from_data(d, &device),
-            };
             let state = (!first).then(|| AdamWState {
                 momentum: AdaptiveMomentumState {
                     time: time - 1,
@@ -209,10 +209,6 @@ impl Optimizer for FusedAdamW {
         #[cfg(test)]
         FUSED_TENSORS.fetch_add(1, Ordering::Relaxed);
         drop(g);
-        let back = |x: Result<Vec<f32>, TensorData>| match x {
-            Ok(x) => Tensor::<D>::from_data(TensorData::new(x, shape.clone()), &device),
-            Err(d) => Tensor::<D>::from_data(d, &device),
-        };
         let state = AdamWState {
             momentum: AdaptiveMomentumState {
                 time,

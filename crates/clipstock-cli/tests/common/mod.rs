@@ -6,6 +6,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The results table's set columns and the OOD mean, in the paper's order.
 pub const TABLE_COLUMNS: [&str; 7] = [
@@ -50,5 +51,54 @@ pub fn assert_fails_with(out: &Output, needles: &[&str]) {
     assert_eq!(errors.len(), 1, "one error line expected: {stderr}");
     for n in needles {
         assert!(errors[0].contains(n), "`{n}` not in: {}", errors[0]);
+    }
+}
+
+/// The quickstart config, made small: its own output folder and data tree (generated from the
+/// shipped assets), few images, two epochs.
+pub fn small_quickstart(out: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--config".into(),
+        "configs/quickstart.toml".into(),
+    ];
+    let data = out.join("data");
+    let sets = [
+        format!("run.name={name}"),
+        format!("run.output_dir={}", out.display()),
+        format!("data.root={}", data.display()),
+        "data.train_limit=96".into(),
+        "data.workers=2".into(),
+        "optim.epochs=2".into(),
+        "optim.batch_size=16".into(),
+        "optim.warmup_steps=2".into(),
+        "eval.limit_per_set=24".into(),
+        "run.log_every_steps=1".into(),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    args
+}
+
+/// Blocks until `metrics` records step `global_step` (panics if the child ends first).
+pub fn wait_for_step(metrics: &Path, global_step: u64, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(metrics) {
+            let reached = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| v["kind"] == "step" && v["global_step"].as_u64() >= Some(global_step));
+            if reached {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("training ended before step {global_step}: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -297,6 +297,8 @@ fn time_train(
         grad_clip_norm: optim.grad_clip_norm,
         accumulation_steps: 1,
         per_run_devices: false,
+        mixup_alpha: 0.0,
+        epoch: 0,
     };
     let model = random_classifier(arch, 1, device).train();
     let placeholder = model.clone();

@@ -30,6 +30,7 @@ mod bench;
 mod eval_cmd;
 mod logfile;
 mod merge_cmd;
+mod soup_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -59,6 +60,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Merge fine-tuned checkpoints: Model Stock, uniform soup, WiSE-FT, task arithmetic.
     Merge(merge_cmd::MergeArgs),
+    /// Uniform soup of fine-tuned checkpoints, or the greedy soup selected on held-out images.
+    Soup(soup_cmd::SoupArgs),
     /// Summarise a merge report and draw its per-tensor angle/ratio figure.
     Inspect(merge_cmd::InspectArgs),
     /// Throughput of the forward pass and the training step on random weights.
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export_cmd(a),
         Command::Forward(a) => forward(a),
         Command::Merge(a) => merge_cmd::run(a),
+        Command::Soup(a) => soup_cmd::run(a),
         Command::Inspect(a) => merge_cmd::inspect(a),
         Command::Bench(a) => bench::run(a),
         Command::Fixtures(a) => fixtures(a),

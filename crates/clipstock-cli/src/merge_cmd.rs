@@ -50,7 +50,9 @@ pub struct MergeArgs {
     /// Never merge tensors matching these regexes (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
-    /// Output dtype (f32, f16, bf16); default: the anchor's.
+    /// Output dtype (f32, f16, bf16). Default: the anchor's, but f32 when the anchor is f16/bf16
+    /// or the inputs' dtypes differ (the merge is computed in f32, and the official
+    /// notebook's result is f32); give `--dtype f16` to keep a 16-bit file.
     #[arg(long)]
     dtype: Option<String>,
     /// Write the angle/ratio figure per tensor (`*.png` or `*.svg`).

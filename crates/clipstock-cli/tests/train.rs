@@ -507,11 +507,9 @@ fn merge_policies_run_end_to_end() {
     assert_ok(&out);
     let table = std::fs::read_to_string(tmp.path().join("posthoc/results.md")).expect("results");
     assert!(table.contains("| merged |"), "{table}");
-    let read = |f: &str| std::fs::read(tmp.path().join("posthoc").join(f)).expect("export");
-    assert!(
-        read("run_1_final.safetensors") != read("merged_final.safetensors"),
-        "evaluate_only must leave the runs unmerged"
-    );
+    // What evaluate_only does to the runs after a merge that is not the last is checked on the
+    // checkpoint taken right after it (clipstock-train's tests/merge_policies.rs): the final
+    // merge never resets the runs, so the exports cannot tell the two modes apart.
 
     // method = "none": independent runs, never merged, even with a step period.
     let out = clipstock(&small_quickstart(

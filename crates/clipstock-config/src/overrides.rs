@@ -19,6 +19,7 @@ pub const KEYS: &[&str] = &[
     "model.head",
     "model.classnames",
     "model.templates",
+    "model.linear_probe",
     "data.root",
     "data.class_dir",
     "data.generate",
@@ -29,6 +30,9 @@ pub const KEYS: &[&str] = &[
     "data.augment.scale",
     "data.augment.ratio",
     "data.augment.hflip",
+    "data.holdout_per_class",
+    "data.holdout_seed",
+    "data.holdout_file",
     "optim.epochs",
     "optim.batch_size",
     "optim.micro_batch_size",
@@ -41,6 +45,7 @@ pub const KEYS: &[&str] = &[
     "optim.grad_clip_norm",
     "optim.label_smoothing",
     "optim.precision",
+    "optim.mixup_alpha",
     "merge.method",
     "merge.period",
     "merge.anchor",
@@ -55,6 +60,7 @@ pub const KEYS: &[&str] = &[
     "eval.runs",
     "eval.objectnet_border_crop",
     "eval.expect_published_sizes",
+    "baselines.independent_seeds",
 ];
 
 /// Keys whose value is a plain string. `--set run.name=2024-05-01` must stay a string even
@@ -71,6 +77,7 @@ const STRING_KEYS: &[&str] = &[
     "data.root",
     "data.class_dir",
     "data.generate",
+    "data.holdout_file",
 ];
 
 /// Applies `overrides` in order (a later one wins) to `table`.

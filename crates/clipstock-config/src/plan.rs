@@ -71,7 +71,7 @@ impl PathBases {
 }
 
 /// The keys whose values are paths (for `model.head`, its `file`).
-pub const PATH_KEYS: [&str; 7] = [
+pub const PATH_KEYS: [&str; 8] = [
     "run.output_dir",
     "model.weights",
     "model.head",
@@ -79,6 +79,7 @@ pub const PATH_KEYS: [&str; 7] = [
     "model.templates",
     "data.root",
     "data.class_dir",
+    "data.holdout_file",
 ];
 
 fn table_has(table: &toml::Table, dotted: &str) -> bool {
@@ -131,6 +132,9 @@ impl RunSpec {
         }
         if let Some(p) = &mut self.data.class_dir {
             paths.push(("data.class_dir", p));
+        }
+        if let Some(p) = &mut self.data.holdout_file {
+            paths.push(("data.holdout_file", p));
         }
         paths
     }
@@ -188,7 +192,7 @@ impl RunSpec {
             }
             devices
         } else {
-            vec![eval_device; spec.run.seeds.len()]
+            vec![eval_device; spec.run.seeds.len() + spec.baselines.independent_seeds.len()]
         };
 
         let arch = match &spec.model.arch {
@@ -229,7 +233,8 @@ impl RunSpec {
         };
 
         let head = match &spec.model.head {
-            HeadSource::ZeroShot => HeadPlan::ZeroShot {
+            // The probe starts from the zero-shot head, so it needs the same files.
+            HeadSource::ZeroShot | HeadSource::LinearProbe => HeadPlan::ZeroShot {
                 classnames: spec.model.classnames.clone(),
                 templates: spec.model.templates.clone(),
             },
@@ -247,6 +252,9 @@ impl RunSpec {
             }
             HeadPlan::File(p) => inputs.push(("model.head.file", p)),
             HeadPlan::Checkpoint => {}
+        }
+        if let Some(p) = &spec.data.holdout_file {
+            inputs.push(("data.holdout_file", p));
         }
         for (key, path) in inputs {
             if !path.is_file() {
@@ -306,7 +314,8 @@ pub struct RunPlan {
     pub spec: RunSpec,
     /// `run.output_dir/run.name`, resolved.
     pub run_dir: PathBuf,
-    /// One device per seed, in seed order: `run.devices`, or `run.device` repeated.
+    /// One device per run, in run order (`run.seeds`, then `baselines.independent_seeds`):
+    /// `run.devices`, or `run.device` repeated.
     pub devices: Vec<DeviceSpec>,
     /// `run.device`: where w0, the zero-shot head and the evaluations live.
     pub eval_device: DeviceSpec,

@@ -22,6 +22,26 @@ pub struct RunSpec {
     pub merge: MergeSection,
     #[serde(default)]
     pub eval: EvalSection,
+    /// Left out of the written config when empty, so a run directory written before the
+    /// section existed still resumes.
+    #[serde(default, skip_serializing_if = "BaselinesSection::is_empty")]
+    pub baselines: BaselinesSection,
+}
+
+/// Runs trained beside the merged ones, on the same data and schedule, that are never merged.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselinesSection {
+    /// One independent fine-tune per seed, in lockstep with the merged runs: the paper's
+    /// individual models, and the ingredients of the post-hoc soups. After the first periodic
+    /// merge the merged runs no longer are independent fine-tunes; these are.
+    pub independent_seeds: Vec<u64>,
+}
+
+impl BaselinesSection {
+    pub fn is_empty(&self) -> bool {
+        self.independent_seeds.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,11 +78,41 @@ pub struct ModelSection {
     pub classnames: PathBuf,
     #[serde(default = "default_templates")]
     pub templates: PathBuf,
+    /// `head = "linear_probe"`'s training (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_probe: Option<LinearProbeSection>,
+}
+
+/// The linear probe of `head = "linear_probe"` (LP-FT): the head alone, trained on the frozen
+/// image features of the training images (evaluation transform, computed once), starting from
+/// the zero-shot head, with AdamW and a per-step cosine to 0. It becomes part of w0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearProbeSection {
+    pub epochs: u64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    /// The probe's data order (the fine-tuning seeds do not enter w0).
+    pub seed: u64,
+}
+
+impl Default for LinearProbeSection {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            batch_size: 256,
+            seed: 0,
+        }
+    }
 }
 
 /// Where the classification head comes from.
 ///
-/// TOML: `head = "zeroshot"`, `head = "checkpoint"` or `head = { file = "head.safetensors" }`.
+/// TOML: `head = "zeroshot"`, `head = "checkpoint"`, `head = "linear_probe"` or
+/// `head = { file = "head.safetensors" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HeadSource {
     /// Built from class names × templates with the text tower (SPEC.md §3).
@@ -72,6 +122,8 @@ pub enum HeadSource {
     Checkpoint,
     /// A separate safetensors file with `classification_head.{weight,bias}`.
     File(PathBuf),
+    /// The zero-shot head, then trained alone on frozen features (`model.linear_probe`).
+    LinearProbe,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +152,19 @@ pub struct DataSection {
     pub prefetch: usize,
     #[serde(default)]
     pub augment: AugmentSection,
+    /// Hold out this many training images per class, drawn with `holdout_seed`: never trained
+    /// on, evaluated as `imagenet_holdout`, and the greedy soup's selection set (model-soups
+    /// holds out 26 per class, its "ImageNet2p").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_per_class: Option<usize>,
+    /// The draw of `holdout_per_class` (the split does not depend on `run.seeds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_seed: Option<u64>,
+    /// The held-out images from a file instead: model-soups' `imagenet_98_idxs.npy` (a mask
+    /// over the sorted training images, 1 = held out), a text file of 0-based indices, or a
+    /// run's `holdout.txt` (paths relative to the training folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_file: Option<PathBuf>,
 }
 
 impl DataSection {
@@ -152,6 +217,15 @@ pub struct OptimSection {
     pub grad_clip_norm: Option<f64>,
     pub label_smoothing: f64,
     pub precision: Precision,
+    /// mixup (Zhang et al., 2018) as timm's batch mode: each micro-batch is mixed with itself
+    /// reversed, `λ ~ Beta(α, α)`, and so are the targets. 0 = off. Left out of the written
+    /// config when off, so runs written before it existed resume.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub mixup_alpha: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for OptimSection {
@@ -169,6 +243,7 @@ impl Default for OptimSection {
             grad_clip_norm: Some(1.0),
             label_smoothing: 0.0,
             precision: Precision::F32,
+            mixup_alpha: 0.0,
         }
     }
 }
@@ -468,7 +543,8 @@ mod clip_norm {
 // that shape too, but its errors ("invalid type: unit variant, expected newtype variant")
 // do not tell a user what to write, so both are spelled out by hand.
 
-const HEAD_EXPECTED: &str = r#""zeroshot", "checkpoint" or { file = "head.safetensors" }"#;
+const HEAD_EXPECTED: &str =
+    r#""zeroshot", "checkpoint", "linear_probe" or { file = "head.safetensors" }"#;
 const PERIOD_EXPECTED: &str = r#""epoch", { epochs = N } or { steps = N }"#;
 
 impl Serialize for HeadSource {
@@ -477,6 +553,7 @@ impl Serialize for HeadSource {
         match self {
             HeadSource::ZeroShot => s.serialize_str("zeroshot"),
             HeadSource::Checkpoint => s.serialize_str("checkpoint"),
+            HeadSource::LinearProbe => s.serialize_str("linear_probe"),
             HeadSource::File(p) => {
                 let mut m = s.serialize_map(Some(1))?;
                 m.serialize_entry("file", p)?;
@@ -498,6 +575,7 @@ impl<'de> Deserialize<'de> for HeadSource {
                 match v {
                     "zeroshot" => Ok(HeadSource::ZeroShot),
                     "checkpoint" => Ok(HeadSource::Checkpoint),
+                    "linear_probe" => Ok(HeadSource::LinearProbe),
                     _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
                 }
             }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The six evaluation sets (SPEC.md §5).
+/// The six evaluation sets (SPEC.md §5), and the held-out part of the training set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetName {
     ImageNet,
@@ -13,6 +13,10 @@ pub enum SetName {
     ImageNetR,
     ImageNetA,
     ObjectNet,
+    /// Training images held out by `data.holdout_per_class`/`data.holdout_file` (model-soups'
+    /// "ImageNet2p"): the greedy soup's selection set. Not one of [`SetName::ALL`]: it is not
+    /// a folder to open or a name to list in `eval.sets`, it comes with the split.
+    ImageNetHoldout,
 }
 
 /// A name that is in no row of the spelling table.
@@ -36,6 +40,18 @@ impl SetName {
         SetName::ImageNetA,
     ];
 
+    /// Every set a results file may hold, in table order: [`SetName::ALL`], then the held-out
+    /// split (after the shifts' mean in tables).
+    pub const RESULTS: [SetName; 7] = [
+        SetName::ImageNet,
+        SetName::ImageNetV2,
+        SetName::ImageNetSketch,
+        SetName::ImageNetR,
+        SetName::ObjectNet,
+        SetName::ImageNetA,
+        SetName::ImageNetHoldout,
+    ];
+
     /// The spelling table: the key first (the name in configs, results files and JSON), then
     /// the aliases. Run files and the command line accept every entry.
     pub fn spellings(self) -> &'static [&'static str] {
@@ -46,6 +62,7 @@ impl SetName {
             SetName::ImageNetR => &["imagenet_r", "r"],
             SetName::ImageNetA => &["imagenet_a", "a"],
             SetName::ObjectNet => &["objectnet"],
+            SetName::ImageNetHoldout => &["imagenet_holdout"],
         }
     }
 
@@ -89,10 +106,12 @@ impl SetName {
             SetName::ImageNetR => "IN-R",
             SetName::ImageNetA => "IN-A",
             SetName::ObjectNet => "ObjectNet",
+            SetName::ImageNetHoldout => "held-out",
         }
     }
 
-    /// The number of images in the published set (SPEC.md §5).
+    /// The number of images in the published set (SPEC.md §5); the held-out split has none
+    /// (its size is the split's), and is never checked against one.
     pub fn published_size(self) -> usize {
         match self {
             SetName::ImageNet => 50_000,
@@ -101,12 +120,13 @@ impl SetName {
             SetName::ImageNetR => 30_000,
             SetName::ImageNetA => 7_500,
             SetName::ObjectNet => 18_574,
+            SetName::ImageNetHoldout => 0,
         }
     }
 
     /// True for the five distribution shifts whose mean is the OOD score.
     pub fn is_shift(self) -> bool {
-        self != SetName::ImageNet
+        !matches!(self, SetName::ImageNet | SetName::ImageNetHoldout)
     }
 }
 
@@ -135,6 +155,9 @@ impl serde::Serialize for SetName {
 impl<'de> serde::Deserialize<'de> for SetName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
+        if s == SetName::ImageNetHoldout.key() {
+            return Ok(SetName::ImageNetHoldout);
+        }
         SetName::from_name(&s).map_err(serde::de::Error::custom)
     }
 }

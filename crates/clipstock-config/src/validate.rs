@@ -91,15 +91,41 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
         &run.device,
         DEVICE_ALLOWED,
     )?;
-    if !run.devices.is_empty() {
+    let independent = &spec.baselines.independent_seeds;
+    let distinct: HashSet<u64> = independent.iter().copied().collect();
+    c.check(
+        distinct.len() == independent.len(),
+        "baselines.independent_seeds",
+        independent,
+        "distinct seeds (equal seeds give identical runs)",
+    )?;
+    for (i, seed) in independent.iter().enumerate() {
         c.check(
-            run.devices.len() == run.seeds.len(),
+            i64::try_from(*seed).is_ok(),
+            &format!("baselines.independent_seeds[{i}]"),
+            seed,
+            "an integer in [0, 2^63)",
+        )?;
+    }
+    if !run.devices.is_empty() {
+        let runs = run.seeds.len() + independent.len();
+        c.check(
+            run.devices.len() == runs,
             "run.devices",
             &run.devices,
-            &format!(
-                "one device per seed ({} seeds), or an empty list",
-                run.seeds.len()
-            ),
+            &if independent.is_empty() {
+                format!(
+                    "one device per seed ({} seeds), or an empty list",
+                    run.seeds.len()
+                )
+            } else {
+                format!(
+                    "one device per run ({} run.seeds, then {} baselines.independent_seeds), \
+                     or an empty list",
+                    run.seeds.len(),
+                    independent.len()
+                )
+            },
         )?;
         for (i, d) in run.devices.iter().enumerate() {
             c.check(
@@ -132,6 +158,39 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
             "model.head.file",
             p,
             "a non-empty path",
+        )?;
+    }
+    if let Some(lp) = &model.linear_probe {
+        c.check(
+            model.head == HeadSource::LinearProbe,
+            "model.linear_probe",
+            "(a table)",
+            "only with model.head = \"linear_probe\"",
+        )?;
+        c.check(lp.epochs >= 1, "model.linear_probe.epochs", lp.epochs, "at least 1")?;
+        c.check(
+            lp.lr.is_finite() && lp.lr > 0.0,
+            "model.linear_probe.lr",
+            lp.lr,
+            "a finite number > 0",
+        )?;
+        c.check(
+            lp.weight_decay.is_finite() && lp.weight_decay >= 0.0,
+            "model.linear_probe.weight_decay",
+            lp.weight_decay,
+            "a finite number >= 0",
+        )?;
+        c.check(
+            lp.batch_size >= 1,
+            "model.linear_probe.batch_size",
+            lp.batch_size,
+            "at least 1",
+        )?;
+        c.check(
+            i64::try_from(lp.seed).is_ok(),
+            "model.linear_probe.seed",
+            lp.seed,
+            "an integer in [0, 2^63)",
         )?;
     }
     c.check(
@@ -178,6 +237,43 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
         data.prefetch,
         "at least 1",
     )?;
+    if let Some(n) = data.holdout_per_class {
+        c.check(
+            n >= 1,
+            "data.holdout_per_class",
+            n,
+            "at least 1 (or omit it to train on every image)",
+        )?;
+        if let Some(p) = &data.holdout_file {
+            return Err(c.fail(
+                "data.holdout_file",
+                p,
+                "either data.holdout_per_class or data.holdout_file, not both",
+            ));
+        }
+    }
+    if let Some(seed) = data.holdout_seed {
+        c.check(
+            data.holdout_per_class.is_some(),
+            "data.holdout_seed",
+            seed,
+            "only with data.holdout_per_class (it seeds that draw)",
+        )?;
+        c.check(
+            i64::try_from(seed).is_ok(),
+            "data.holdout_seed",
+            seed,
+            "an integer in [0, 2^63)",
+        )?;
+    }
+    if let Some(p) = &data.holdout_file {
+        c.check(
+            !p.as_os_str().is_empty(),
+            "data.holdout_file",
+            p,
+            "a non-empty path",
+        )?;
+    }
     let [lo, hi] = data.augment.scale;
     c.check(
         lo.is_finite() && hi.is_finite() && 0.0 < lo && lo <= hi && hi <= 1.0,
@@ -248,6 +344,13 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
         "optim.label_smoothing",
         o.label_smoothing,
         "a number in [0, 1)",
+    )?;
+
+    c.check(
+        o.mixup_alpha.is_finite() && o.mixup_alpha >= 0.0,
+        "optim.mixup_alpha",
+        o.mixup_alpha,
+        "a finite number >= 0 (0 = no mixup)",
     )?;
 
     match spec.merge.period {

@@ -678,11 +678,24 @@ fn override_keys_match_the_schema() {
             "data.image_size=224",
             "optim.micro_batch_size=64",
             "eval.limit_per_set=5",
+            "data.holdout_per_class=26",
+            "data.holdout_seed=3",
+            "baselines.independent_seeds=[11, 12]",
+            "optim.mixup_alpha=0.2",
+            "model.head=\"linear_probe\"",
+            "model.linear_probe={ epochs = 2 }",
         ],
     )
     .expect("valid");
     let table: toml::Table = toml::from_str(&full.to_toml()).expect("parses");
-    let mut leaves = Vec::new();
+    // `holdout_file` excludes `holdout_per_class`, so it comes from a second spec.
+    let with_file = parse_with(MINIMAL, &["data.holdout_file=idx.npy"]).expect("valid");
+    let file_table: toml::Table = toml::from_str(&with_file.to_toml()).expect("parses");
+    let mut leaves = vec!["data.holdout_file".to_string()];
+    assert!(
+        file_table["data"].get("holdout_file").is_some(),
+        "holdout_file is written"
+    );
     for (section, value) in &table {
         let toml::Value::Table(t) = value else {
             panic!("{section} is not a table")

@@ -61,6 +61,8 @@ impl SetLayout for SetName {
                 "objectnet-1.0",
                 "ObjectNet/images",
             ],
+            // Never a folder of its own: see `holdout::eval_set`.
+            SetName::ImageNetHoldout => &[],
         }
     }
 }
@@ -369,6 +371,14 @@ pub fn open_eval_set(
     opts: &OpenOptions,
 ) -> Result<EvalSet, DataError> {
     let set = name.key();
+    if name == SetName::ImageNetHoldout {
+        return Err(DataError::Invalid {
+            what: "evaluation set".into(),
+            reason: "imagenet_holdout is drawn from the training set (data.holdout_per_class \
+                     or data.holdout_file), not opened from a folder"
+                .into(),
+        });
+    }
     let dir = find_set_dir(set, name.candidate_dirs(), data_root)?;
     let n = classes.num_classes();
     let mut warnings = Vec::new();
@@ -461,6 +471,7 @@ pub fn open_eval_set(
                 .collect();
             (c, classes.objectnet.len(), Projection::MaxOver(groups))
         }
+        SetName::ImageNetHoldout => unreachable!("refused above"),
     };
 
     let samples = collect_samples(set, &dir, class_dirs, &mut warnings)?;
@@ -503,10 +514,32 @@ pub const TRAIN_CANDIDATE_DIRS: [&str; 3] = ["imagenet/train", "imagenet/trainin
 pub fn open_train_set(data_root: &Path, classes: &ClassSpace) -> Result<TrainSet, DataError> {
     const SET: &str = "imagenet train";
     let dir = find_set_dir(SET, &TRAIN_CANDIDATE_DIRS, data_root)?;
+    list_class_folders(SET, dir, classes)
+}
+
+/// Lists `dir/<wnid>/*` itself, laid out like ImageNet train (a held-out folder a user made,
+/// say); labels are class indices.
+pub fn open_class_folders(dir: &Path, classes: &ClassSpace) -> Result<TrainSet, DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::SetNotFound {
+            set: "class folders",
+            root: dir.to_path_buf(),
+            note: " (not a folder)",
+            tried: vec![dir.to_path_buf()],
+        });
+    }
+    list_class_folders("class folders", dir.to_path_buf(), classes)
+}
+
+fn list_class_folders(
+    set: &'static str,
+    dir: PathBuf,
+    classes: &ClassSpace,
+) -> Result<TrainSet, DataError> {
     let mut warnings = Vec::new();
     let all: Vec<usize> = (0..classes.num_classes()).collect();
-    let class_dirs = wnid_classes(SET, &dir, classes, &all, Some, &mut warnings)?;
-    let samples = collect_samples(SET, &dir, class_dirs, &mut warnings)?;
+    let class_dirs = wnid_classes(set, &dir, classes, &all, Some, &mut warnings)?;
+    let samples = collect_samples(set, &dir, class_dirs, &mut warnings)?;
     Ok(TrainSet {
         dir,
         samples,

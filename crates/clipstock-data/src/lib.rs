@@ -10,6 +10,7 @@ mod rng;
 
 pub mod classes;
 pub mod fixtures;
+pub mod holdout;
 pub mod layouts;
 pub mod loader;
 pub mod preprocess;

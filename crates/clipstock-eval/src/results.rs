@@ -152,7 +152,7 @@ impl EvalResults {
             .as_object()
             .ok_or_else(|| serde_json::Error::custom("results: expected an object"))?;
         let mut sets = Vec::new();
-        for name in SetName::ALL {
+        for name in SetName::RESULTS {
             let Some(entry) = map.get(name.key()) else {
                 continue;
             };
@@ -202,13 +202,12 @@ pub fn markdown_row(label: &str, results: &EvalResults) -> String {
 }
 
 /// A Markdown table in the paper's column order (ImageNet, V2, Sketch, R, ObjectNet, A, then
-/// the OOD mean); one row per `(label, results)`. Sets no row has are left out; a row without a
-/// set shows `–`.
+/// the OOD mean, then the held-out split when a row has it); one row per `(label, results)`.
+/// Sets no row has are left out; a row without a set shows `–`.
 pub fn markdown_table(rows: &[(String, &EvalResults)]) -> String {
-    let cols: Vec<SetName> = SetName::ALL
-        .into_iter()
-        .filter(|s| rows.iter().any(|(_, r)| r.get(*s).is_some()))
-        .collect();
+    let present = |s: &SetName| rows.iter().any(|(_, r)| r.get(*s).is_some());
+    let cols: Vec<SetName> = SetName::ALL.into_iter().filter(present).collect();
+    let holdout = present(&SetName::ImageNetHoldout);
     let any_shift = cols.iter().any(|s| s.is_shift());
     let mut out = String::from("| model |");
     for c in &cols {
@@ -217,21 +216,21 @@ pub fn markdown_table(rows: &[(String, &EvalResults)]) -> String {
     if any_shift {
         out.push_str(" avg shifts |");
     }
+    if holdout {
+        out.push_str(&format!(" {} |", SetName::ImageNetHoldout.title()));
+    }
     out.push_str("\n|---|");
-    for _ in &cols {
-        out.push_str("---|");
-    }
-    if any_shift {
-        out.push_str("---|");
-    }
+    let n = cols.len() + usize::from(any_shift) + usize::from(holdout);
+    out.push_str(&"---|".repeat(n));
     out.push('\n');
+    let cell = |r: &EvalResults, c: SetName| match r.get(c) {
+        Some(s) => format!(" {:.2} |", s.top1),
+        None => " – |".to_string(),
+    };
     for (label, r) in rows {
         out.push_str(&format!("| {label} |"));
         for c in &cols {
-            match r.get(*c) {
-                Some(s) => out.push_str(&format!(" {:.2} |", s.top1)),
-                None => out.push_str(" – |"),
-            }
+            out.push_str(&cell(r, *c));
         }
         if any_shift {
             match r.ood_mean() {
@@ -239,6 +238,9 @@ pub fn markdown_table(rows: &[(String, &EvalResults)]) -> String {
                 Some((m, n)) => out.push_str(&format!(" {m:.2} ({n}/5) |")),
                 None => out.push_str(" – |"),
             }
+        }
+        if holdout {
+            out.push_str(&cell(r, SetName::ImageNetHoldout));
         }
         out.push('\n');
     }

@@ -219,6 +219,18 @@ pub(crate) fn build_plan(
             t_unclamped: None,
         });
     }
+    // The merge is computed in f32; writing it back as a 16-bit anchor's dtype would round
+    // away what the ratio changed, and with mixed inputs "the anchor's dtype" is arbitrary.
+    // The official notebook's merged state dict is f32, so that is the default then.
+    let widen = opts.output_dtype.is_none()
+        && entries.iter().any(|e| {
+            e.info.dtype.is_float() && (e.info.dtype.size() == 2 || e.flags.contains(&Flag::MixedDtype))
+        });
+    if widen {
+        for e in entries.iter_mut().filter(|e| e.info.dtype.is_float()) {
+            e.out_dtype = DType::F32;
+        }
+    }
     Ok(Plan { entries, method, n })
 }
 

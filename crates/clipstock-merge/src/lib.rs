@@ -124,8 +124,9 @@ fn check_output_not_input<P: AsRef<Path>>(
 /// `anchor` is w0 (the pretrained weights); it is required by every method except the uniform
 /// soup. All inputs must hold the same tensor names and shapes; float dtypes may differ (the
 /// merge computes in f32, accumulates in f64, and writes the anchor's dtype unless
-/// `opts.output_dtype` says otherwise). Output tensor names and order are the anchor's (or the
-/// first model's).
+/// `opts.output_dtype` says otherwise, except that a 16-bit anchor or inputs whose dtypes
+/// differ give f32 floats, as the official notebook's merge does). Output tensor names and
+/// order are the anchor's (or the first model's).
 pub fn merge_files<P: AsRef<Path>>(
     anchor: Option<&Path>,
     models: &[P],

@@ -113,7 +113,9 @@ pub struct MergeOptions {
     /// What unselected float tensors become.
     pub unselected: Unselected,
     /// Storage dtype of merged float tensors in the output file; `None` keeps the anchor's
-    /// (or, without an anchor, the first model's). In-memory merges always return f32.
+    /// (or, without an anchor, the first model's) when every input is f32 or f64 and of one
+    /// dtype, and is f32 otherwise (a 16-bit anchor, mixed dtypes). In-memory merges always
+    /// return f32.
     pub output_dtype: Option<DType>,
     /// How input files are read.
     pub read_mode: ReadMode,

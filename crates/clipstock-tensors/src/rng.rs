@@ -78,6 +78,40 @@ impl SplitMix64 {
         let u2 = self.unit();
         (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
     }
+
+    /// Uniform in (0, 1) with 53 random bits, never 0.
+    fn open_f64(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Gamma(shape, 1) by Marsaglia and Tsang (2000), with the `U^(1/shape)` boost below 1.
+    pub fn gamma(&mut self, shape: f64) -> f64 {
+        if shape < 1.0 {
+            let u = self.open_f64();
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let (u1, u2) = (self.open_f64(), self.next_f64());
+            let x = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            let v = (1.0 + c * x).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = self.open_f64();
+            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// Beta(a, b), as the ratio of two gammas: mixup's mixing weight.
+    pub fn beta(&mut self, a: f64, b: f64) -> f64 {
+        let x = self.gamma(a);
+        let y = self.gamma(b);
+        x / (x + y)
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +146,26 @@ mod tests {
             assert!(o > 0.0 && o < 1.0);
             assert!((3..=5).contains(&r.int(3, 5)));
         }
+    }
+
+    /// Beta(a, a) has mean 1/2 and variance 1/(4(2a + 1)); checked for mixup's usual small
+    /// alpha (the shape < 1 path) and for a large one.
+    #[test]
+    fn beta_has_the_right_mean_and_variance() {
+        for a in [0.2f64, 0.4, 1.0, 5.0] {
+            let mut r = SplitMix64(17);
+            let n = 200_000;
+            let xs: Vec<f64> = (0..n).map(|_| r.beta(a, a)).collect();
+            assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)), "a = {a}");
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            let want = 1.0 / (4.0 * (2.0 * a + 1.0));
+            assert!((mean - 0.5).abs() < 0.005, "a = {a}: mean {mean}");
+            assert!((var - want).abs() < 0.02 * want + 1e-4, "a = {a}: var {var} vs {want}");
+        }
+        // Gamma(k) has mean k.
+        let mut r = SplitMix64(3);
+        let m: f64 = (0..100_000).map(|_| r.gamma(2.5)).sum::<f64>() / 100_000.0;
+        assert!((m - 2.5).abs() < 0.03, "{m}");
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clipstock_config::{Precision, Schedule};
+use clipstock_data::holdout::HOLDOUT_LIST;
 use clipstock_eval::EvalResults;
 use tracing::{info, info_span};
 
@@ -169,6 +170,22 @@ fn start(
     obs: &mut dyn Observer,
 ) -> Result<Training> {
     let session = Session::build(plan, &opts.stop, obs)?;
+    if let Some(list) = &session.holdout_list {
+        let path = dir.file(HOLDOUT_LIST);
+        if opts.resume && path.exists() {
+            let stored = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+            if stored != *list {
+                return Err(TrainError::Checkpoint {
+                    path,
+                    reason: "the held-out split drawn now differs from the one this run \
+                             trained with (the training folder or data.holdout_file changed)"
+                        .into(),
+                });
+            }
+        } else {
+            dir.write(HOLDOUT_LIST, list.as_bytes())?;
+        }
+    }
     let state = TrainerState::fresh(
         session.train_images,
         session.train_hash,
@@ -213,16 +230,19 @@ fn run_loop(
         evaluate_model(&mut cx, 0, "zero-shot", &base)?;
         CheckpointHook::save(&mut cx)?;
     }
-    let runner = StepRunner {
+    let mut runner = StepRunner {
         autocast: t.session.autocast,
         label_smoothing: spec.optim.label_smoothing,
         grad_clip_norm: spec.optim.grad_clip_norm,
         accumulation_steps: plan.accumulation_steps,
         per_run_devices: plan.per_run_devices,
+        mixup_alpha: spec.optim.mixup_alpha,
+        epoch: t.state.epoch,
     };
     let steps = t.session.steps_per_epoch;
     while t.state.epoch < spec.optim.epochs {
         let epoch = t.state.epoch;
+        runner.epoch = epoch;
         let _span = info_span!("epoch", epoch = epoch + 1).entered();
         let epoch_start = Instant::now();
         let start_step = t.state.step_in_epoch;
@@ -345,7 +365,8 @@ fn close_epoch(t: &mut Training, end: &EpochEnd, started: Instant) -> Result<()>
         mean_t: end.mean_t,
         seconds: started.elapsed().as_secs_f64(),
     });
-    let csv = summary_csv(&s.epochs, t.session.runs.len());
+    let stems: Vec<String> = t.session.runs.iter().map(|r| r.name.stem()).collect();
+    let csv = summary_csv(&s.epochs, &stems);
     t.dir.write("summary.csv", csv.as_bytes())?;
     s.epoch += 1;
     s.step_in_epoch = 0;
@@ -359,7 +380,7 @@ fn close_epoch(t: &mut Training, end: &EpochEnd, started: Instant) -> Result<()>
 
 fn non_finite(e: NonFinite, session: &Session, state: &TrainerState) -> TrainError {
     TrainError::NonFinite {
-        run: e.run + 1,
+        run: session.runs[e.run].name.label(),
         seed: session.runs[e.run].seed,
         what: e.what,
         epoch: state.epoch + 1,

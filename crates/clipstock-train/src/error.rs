@@ -48,11 +48,18 @@ pub enum TrainError {
     NothingToResume(PathBuf),
 
     #[error(
-        "run {run} (seed {seed}): {what} is not finite at epoch {epoch}, step {step}; training \
+        "{run}: {what} is not finite at epoch {epoch}, step {step}; training \
          stopped, the last good checkpoint is kept (lower optim.lr or enable optim.grad_clip_norm)"
     )]
+    #[error(
+        "`{0}` has no held-out split (holdout.txt): train with data.holdout_per_class or \
+         data.holdout_file to have one"
+    )]
+    NoHoldout(PathBuf),
+
     NonFinite {
-        run: usize,
+        /// The run's label (`run 1 (seed 1)`, `independent 1 (seed 11)`).
+        run: String,
         seed: u64,
         what: &'static str,
         epoch: u64,

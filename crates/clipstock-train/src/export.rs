@@ -1,6 +1,7 @@
 //! The run's final checkpoints, complete CLIP files in model-soups naming: `w0.safetensors`
-//! (the anchor, with its head), `run_N_final.safetensors` and `merged_final.safetensors`, the
-//! inputs of any later soup or merge (`clipstock merge --anchor w0 --models run_*_final`).
+//! (the anchor, with its head), `run_N_final.safetensors`, `independent_N_final.safetensors`
+//! (the never-merged baselines) and `merged_final.safetensors`, the inputs of any later soup or
+//! merge (`clipstock merge --anchor w0 --models independent_*_final`).
 
 use std::path::PathBuf;
 
@@ -26,8 +27,8 @@ pub fn final_exports(dir: &RunDir, session: &Session) -> Result<Option<PathBuf>>
         None => None,
     };
     write(dir, "w0.safetensors", &session.w0.state, extras)?;
-    for (i, run) in session.runs.iter().enumerate() {
-        let name = format!("run_{}_final.safetensors", i + 1);
+    for run in &session.runs {
+        let name = format!("{}_final.safetensors", run.name.stem());
         write(dir, &name, &module_state(&run.model), extras)?;
     }
     Ok(merged)

@@ -21,7 +21,7 @@ use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
 use crate::rundir::{EvalRecord, MergeRecord, Record, RunDir, TrainerState};
 use crate::session::{
-    Session, eval_error, eval_options, load_run_record, new_optimizer, run_label,
+    Session, eval_error, eval_options, load_run_record, new_optimizer,
 };
 use clipstock_config::{Boundary, RunPlan};
 
@@ -95,11 +95,17 @@ impl EpochHook for EvalHook {
         }
         match self {
             EvalHook::Runs => {
-                if !cx.plan.eval.section.runs || end.merged_already {
+                if end.merged_already {
                     return Ok(());
                 }
                 for i in 0..cx.session.runs.len() {
-                    let label = run_label(i, cx.session.runs[i].seed);
+                    let name = &cx.session.runs[i].name;
+                    // The independent runs are there to be compared, so `eval.runs = false`
+                    // leaves out only the merged ones.
+                    if !name.independent && !cx.plan.eval.section.runs {
+                        continue;
+                    }
+                    let label = name.label();
                     // Done before an interruption of this epoch end: same weights, same result.
                     let done = |e: &EvalRecord| e.epoch == end.epoch && e.model == label;
                     if cx.state.evals.iter().any(done) {
@@ -224,8 +230,8 @@ fn merge_runs(cx: &mut HookCx<'_>, reset_runs: bool) -> Result<Option<f64>> {
     let step = cx.state.global_step;
     let _span = info_span!("merge", epoch, step).entered();
     let session = &mut *cx.session;
-    let states: Vec<StateDict> = session
-        .runs
+    let merged_runs = session.merged_runs;
+    let states: Vec<StateDict> = session.runs[..merged_runs]
         .iter()
         .map(|r| module_state(&r.model))
         .collect();
@@ -293,7 +299,7 @@ fn merge_runs(cx: &mut HookCx<'_>, reset_runs: bool) -> Result<Option<f64>> {
     });
     if reset_runs && plan.merge.after_merge == AfterMerge::ResetRuns {
         let session = &mut *cx.session;
-        for (i, run) in session.runs.iter_mut().enumerate() {
+        for (i, run) in session.runs[..merged_runs].iter_mut().enumerate() {
             let model = std::mem::replace(&mut run.model, session.w0.base.clone());
             run.model = apply_state(model, &merged, &format!("run {}", i + 1))?;
             if plan.merge.optimizer_state == OptimizerStatePolicy::Reset {
@@ -301,8 +307,8 @@ fn merge_runs(cx: &mut HookCx<'_>, reset_runs: bool) -> Result<Option<f64>> {
             }
         }
         if plan.merge.optimizer_state == OptimizerStatePolicy::Average {
-            let mut pairs: Vec<(&ImageClassifier, &mut ModuleOptimizer)> = session
-                .runs
+            let mut pairs: Vec<(&ImageClassifier, &mut ModuleOptimizer)> = session.runs
+                [..merged_runs]
                 .iter_mut()
                 .map(|r| (&r.model, &mut r.optim))
                 .collect();

@@ -25,6 +25,7 @@ pub mod events;
 mod export;
 mod fused_adamw;
 pub mod hooks;
+pub mod linear_probe;
 mod optim_state;
 pub mod rundir;
 pub mod schedule;

@@ -15,6 +15,7 @@ use clipstock_config::{
     ClassFilesDir, Generate, HeadSource, OptimSection, Precision, RunPlan, RunSpec,
 };
 use clipstock_data::classes::{ClassFiles, ClassSpace};
+use clipstock_data::holdout::Holdout;
 use clipstock_data::layouts::{EvalSet, OpenOptions, Sample, open_eval_set, open_train_set};
 use clipstock_data::loader::{Loader, LoaderOptions, epoch_order};
 use clipstock_data::preprocess::{DecodeLimits, TrainTransform, Transform};
@@ -30,8 +31,54 @@ use crate::events::{Event, Observer};
 /// In-memory preparation of evaluation sets pays off below this size.
 const PREPARE_BUDGET_BYTES: usize = 1 << 30;
 
+/// How the trainer names a run: the merged runs are `run N`, the independent baselines
+/// `independent N`, both counted from 1 in their own list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunName {
+    pub seed: u64,
+    /// A `baselines.independent_seeds` run: trained in lockstep, never merged.
+    pub independent: bool,
+    /// 1-based, within its kind.
+    pub number: usize,
+}
+
+impl RunName {
+    /// Every run of `spec` in session order: `run.seeds`, then `baselines.independent_seeds`.
+    pub fn all(spec: &RunSpec) -> Vec<RunName> {
+        let merged = spec.run.seeds.iter().enumerate().map(|(i, &seed)| RunName {
+            seed,
+            independent: false,
+            number: i + 1,
+        });
+        let independent = (spec.baselines.independent_seeds.iter().enumerate()).map(|(i, &seed)| {
+            RunName {
+                seed,
+                independent: true,
+                number: i + 1,
+            }
+        });
+        merged.chain(independent).collect()
+    }
+
+    /// In evaluations, metrics and tables: `run 1 (seed 1)`, `independent 1 (seed 11)`.
+    pub fn label(&self) -> String {
+        if self.independent {
+            format!("independent {} (seed {})", self.number, self.seed)
+        } else {
+            run_label(self.number - 1, self.seed)
+        }
+    }
+
+    /// In file and column names: `run_1`, `independent_1`.
+    pub fn stem(&self) -> String {
+        let kind = if self.independent { "independent" } else { "run" };
+        format!("{kind}_{}", self.number)
+    }
+}
+
 /// One fine-tuning run: its seed, device, weights and AdamW state.
 pub struct Run {
+    pub name: RunName,
     pub seed: u64,
     /// The run's autodiff device.
     pub device: Device,
@@ -45,11 +92,17 @@ impl Run {
     /// not unique across runs, only within one. That is harmless because each run has its own
     /// optimizer, and the one place that combines runs' optimizer state
     /// (`merge.optimizer_state = "average"`) matches parameters by module path, not by id.
-    pub fn from_w0(w0: &W0, seed: u64, device: &Device, optim: ModuleOptimizer) -> Result<Run> {
+    pub fn from_w0(
+        w0: &W0,
+        name: RunName,
+        device: &Device,
+        optim: ModuleOptimizer,
+    ) -> Result<Run> {
         let model = apply_state(w0.base.clone(), &w0.state, "w0")?;
         let model = model.fork(&device.clone().autodiff()).train();
         Ok(Run {
-            seed,
+            seed: name.seed,
+            name,
             device: device.clone().autodiff(),
             model,
             optim,
@@ -76,7 +129,12 @@ pub struct EvalSets {
 
 pub struct Session {
     pub w0: W0,
+    /// The merged runs (`run.seeds`), then the independent ones; see [`Session::merged_runs`].
     pub runs: Vec<Run>,
+    /// How many of `runs` are merged: the first `run.seeds.len()`.
+    pub merged_runs: usize,
+    /// The held-out split, if the run has one: `holdout.txt`'s text.
+    pub holdout_list: Option<String>,
     pub eval_device: Device,
     pub train: Arc<[Sample]>,
     /// Count and hash of the training samples (paths and labels): a resume on other images
@@ -121,15 +179,6 @@ impl Session {
         }
 
         let autocast = autocast_of(spec.optim.precision);
-        let mut runs = Vec::new();
-        for (&seed, spec_dev) in spec.run.seeds.iter().zip(&plan.devices) {
-            let device = if plan.per_run_devices {
-                spec_dev.device()?
-            } else {
-                eval_device.clone()
-            };
-            runs.push(Run::from_w0(&w0, seed, &device, new_optimizer(spec))?);
-        }
         let on_cpu = plan
             .devices
             .iter()
@@ -144,7 +193,36 @@ impl Session {
         }
 
         obs.on(Event::Phase("indexing the image folders".into()));
-        let train = train_samples(spec, &classes)?;
+        let TrainSamples {
+            train,
+            holdout,
+            holdout_list,
+        } = train_samples(spec, &classes)?;
+        let mut w0 = w0;
+        if spec.model.head == HeadSource::LinearProbe {
+            // Probed on the images the runs train on: never the held-out ones.
+            let state = crate::linear_probe::probed_state(
+                &w0.base,
+                &w0.state,
+                &train,
+                spec,
+                &eval_device,
+                &plan.run_dir.join(crate::linear_probe::PROBE_HEAD),
+                stop,
+                obs,
+            )?;
+            w0.base = apply_state(w0.base, &state, "w0 with the probed head")?;
+            w0.state = state;
+        }
+        let mut runs = Vec::new();
+        for (name, spec_dev) in RunName::all(spec).into_iter().zip(&plan.devices) {
+            let device = if plan.per_run_devices {
+                spec_dev.device()?
+            } else {
+                eval_device.clone()
+            };
+            runs.push(Run::from_w0(&w0, name, &device, new_optimizer(spec))?);
+        }
         let steps_per_epoch = (train.len() / spec.optim.batch_size) as u64;
         if steps_per_epoch == 0 {
             return Err(TrainError::TrainSetTooSmall {
@@ -152,10 +230,12 @@ impl Session {
                 batch_size: spec.optim.batch_size,
             });
         }
-        let eval = open_eval_sets(plan, &classes, image_size, stop, obs)?;
+        let eval = open_eval_sets(plan, &classes, holdout, image_size, stop, obs)?;
         Ok(Session {
             w0,
             runs,
+            merged_runs: spec.run.seeds.len(),
+            holdout_list,
             eval_device,
             train_images: train.len(),
             train_hash: samples_hash(&train),
@@ -221,20 +301,53 @@ impl Session {
     }
 }
 
-fn train_samples(spec: &RunSpec, classes: &ClassSpace) -> Result<Vec<Sample>> {
-    let mut samples = open_train_set(&spec.data.root, classes)?.samples;
+/// The images a run trains on, and the held-out ones as an evaluation set.
+struct TrainSamples {
+    train: Vec<Sample>,
+    holdout: Option<EvalSet>,
+    holdout_list: Option<String>,
+}
+
+/// The training folder minus the held-out split (drawn from the whole folder, as model-soups'
+/// mask is), then `data.train_limit` of what is left.
+fn train_samples(spec: &RunSpec, classes: &ClassSpace) -> Result<TrainSamples> {
+    let set = open_train_set(&spec.data.root, classes)?;
+    let split = match (&spec.data.holdout_file, spec.data.holdout_per_class) {
+        (Some(file), _) => Some(Holdout::read(file, &set.dir, &set.samples)?),
+        (None, Some(k)) => Some(Holdout::draw(
+            &set.samples,
+            &classes.wnids,
+            k,
+            spec.data.holdout_seed.unwrap_or(0),
+        )?),
+        (None, None) => None,
+    };
+    let (mut samples, holdout, holdout_list) = match split {
+        Some(h) => {
+            let list = h.to_list(&set.dir, &set.samples);
+            let (train, held) = h.split(set.samples);
+            let eval = clipstock_data::holdout::eval_set(&set.dir, held, classes.num_classes());
+            (train, Some(eval), Some(list))
+        }
+        None => (set.samples, None, None),
+    };
     if let Some(limit) = spec.data.train_limit
         && limit < samples.len()
     {
         let n = samples.len();
         samples = (0..limit).map(|i| samples[i * n / limit].clone()).collect();
     }
-    Ok(samples)
+    Ok(TrainSamples {
+        train: samples,
+        holdout,
+        holdout_list,
+    })
 }
 
 fn open_eval_sets(
     plan: &RunPlan,
     classes: &ClassSpace,
+    holdout: Option<EvalSet>,
     image_size: u32,
     stop: &Arc<AtomicBool>,
     obs: &mut dyn Observer,
@@ -249,6 +362,8 @@ fn open_eval_sets(
     for &name in &plan.eval.sets {
         on_disk.push(open_eval_set(name, &spec.data.root, classes, &open_opts)?);
     }
+    // Scored with every evaluation, after the paper's sets.
+    on_disk.extend(holdout);
     let bytes_needed: usize = on_disk
         .iter()
         .map(|s| s.samples.len() * 3 * (image_size as usize).pow(2) * 4)
@@ -353,7 +468,8 @@ pub fn build_w0(
     let head = match &spec.model.head {
         HeadSource::Checkpoint => None,
         HeadSource::File(p) => Some(StateDict::read(p)?),
-        HeadSource::ZeroShot => {
+        // The probe (in `Session::build`) starts from the zero-shot head.
+        HeadSource::ZeroShot | HeadSource::LinearProbe => {
             obs.on(Event::Phase("building the zero-shot head".into()));
             let head = zeroshot_head_from_files(
                 &ckpt,
@@ -493,8 +609,13 @@ mod tests {
             extras: StateDict::new(),
         };
         let spec_optim = OptimSection::default();
-        let a = Run::from_w0(&w0, 1, &device, adamw(&spec_optim)).expect("run a");
-        let b = Run::from_w0(&w0, 2, &device, adamw(&spec_optim)).expect("run b");
+        let name = |seed| RunName {
+            seed,
+            independent: false,
+            number: seed as usize,
+        };
+        let a = Run::from_w0(&w0, name(1), &device, adamw(&spec_optim)).expect("run a");
+        let b = Run::from_w0(&w0, name(2), &device, adamw(&spec_optim)).expect("run b");
         let (ia, ib) = (ids(&a.model), ids(&b.model));
         assert!(!ia.is_empty());
         assert_eq!(ia, ib);

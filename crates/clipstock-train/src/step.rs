@@ -26,6 +26,38 @@ pub struct StepRunner {
     /// queued, so the devices keep computing meanwhile. On one shared device that would only
     /// keep more gradient sets alive at once.
     pub per_run_devices: bool,
+    /// `optim.mixup_alpha`; 0 = no mixup.
+    pub mixup_alpha: f64,
+    /// The epoch being trained (0-based): with the run's seed and the batch's first sample it
+    /// seeds mixup's λ, so a resumed step mixes as the uninterrupted one did.
+    pub epoch: u64,
+}
+
+/// mixup's λ for one micro-batch: a function of (run seed, epoch, first sample index) only,
+/// like every other random choice of a step. The salt keeps it apart from that sample's crop.
+pub fn mixup_lambda(alpha: f64, run_seed: u64, epoch: u64, first_sample: usize) -> f32 {
+    const SALT: u64 = 0x6D69_7875_705F_6C61; // "mixup_la"
+    let seed = clipstock_data::preprocess::sample_seed(run_seed ^ SALT, epoch, first_sample as u64);
+    clipstock_tensors::SplitMix64(seed).beta(alpha, alpha) as f32
+}
+
+/// timm's batch-mode mixup in place: image `i` becomes `λ·x_i + (1 − λ)·x_{n−1−i}`. Returns
+/// the partner labels (the batch reversed); the loss is `λ·CE(y) + (1 − λ)·CE(partner)`,
+/// which is the cross-entropy against the mixed targets.
+pub fn mixup_batch(images: &mut [f32], labels: &[usize], lambda: f32) -> Vec<usize> {
+    let n = labels.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let per = images.len() / n;
+    let original = images.to_vec();
+    for (i, dst) in images.chunks_exact_mut(per).enumerate() {
+        let partner = &original[(n - 1 - i) * per..(n - i) * per];
+        for (d, &p) in dst.iter_mut().zip(partner) {
+            *d = lambda * *d + (1.0 - lambda) * p;
+        }
+    }
+    labels.iter().rev().copied().collect()
 }
 
 /// What one run's step gave, read back.
@@ -126,12 +158,27 @@ impl StepRunner {
             }
             let s = batch.size as usize;
             let n = batch.len();
-            let x =
-                Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, s, s]), &run.device);
-            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &run.device);
+            let mut images = batch.images;
+            let mixed = (self.mixup_alpha > 0.0).then(|| {
+                let first = batch.sample_indices.first().copied().unwrap_or(0);
+                let lambda = mixup_lambda(self.mixup_alpha, run.seed, self.epoch, first);
+                (lambda, mixup_batch(&mut images, &batch.labels, lambda))
+            });
+            let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, s, s]), &run.device);
+            let int_labels = |labels: &[usize]| {
+                let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+                Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &run.device)
+            };
+            let y = int_labels(&batch.labels);
             let logits = run.model.forward_with(x, self.autocast);
-            let loss = cross_entropy(logits, y, self.label_smoothing);
+            let loss = match mixed {
+                Some((lambda, partner)) => {
+                    let own = cross_entropy(logits.clone(), y, self.label_smoothing);
+                    let other = cross_entropy(logits, int_labels(&partner), self.label_smoothing);
+                    own * f64::from(lambda) + other * f64::from(1.0 - lambda)
+                }
+                None => cross_entropy(logits, y, self.label_smoothing),
+            };
             let value = loss.clone().detach();
             loss_sum = Some(match loss_sum.take() {
                 Some(t) => t + value,
@@ -458,6 +505,56 @@ mod tests {
         assert!((plain - nll).abs() < 1e-6, "{plain} vs {nll}");
         let smooth = value(cross_entropy(logits, labels, 0.1));
         assert!((smooth - (0.9 * nll + 0.1 * uni)).abs() < 1e-6);
+    }
+
+    /// The mixed images are the convex combination with the reversed batch, and the loss on
+    /// the mixed targets equals the cross-entropy against the soft labels λ·y + (1 − λ)·y_rev.
+    #[test]
+    fn mixup_mixes_images_and_labels_with_the_reversed_batch() {
+        let mut images: Vec<f32> = (0..6).map(|v| v as f32).collect(); // 3 images of 2 values
+        let labels = [0usize, 1, 2];
+        let partner = mixup_batch(&mut images, &labels, 0.75);
+        assert_eq!(partner, vec![2, 1, 0]);
+        assert_eq!(images, vec![1.0, 2.0, 2.0, 3.0, 3.0, 4.0]);
+
+        let device = Device::flex();
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![2.0f32, 0.0, -1.0, 0.5, 0.5, 3.0, 1.0, -2.0, 0.0], [3, 3]),
+            &device,
+        );
+        let lambda = 0.75f64;
+        let int = |v: &[usize]| {
+            let v: Vec<i64> = v.iter().map(|&l| l as i64).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [3]), &device)
+        };
+        let mixed = cross_entropy(logits.clone(), int(&labels), 0.0) * lambda
+            + cross_entropy(logits.clone(), int(&partner), 0.0) * (1.0 - lambda);
+        let got = mixed.into_data().iter::<f64>().next().expect("scalar");
+        // Soft-target cross-entropy by hand.
+        let rows = logits.into_data().iter::<f64>().collect::<Vec<_>>();
+        let mut want = 0.0;
+        for (i, row) in rows.chunks(3).enumerate() {
+            let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            let mut target = [0.0f64; 3];
+            target[labels[i]] += lambda;
+            target[partner[i]] += 1.0 - lambda;
+            want -= (0..3).map(|c| target[c] * (row[c] - lse)).sum::<f64>();
+        }
+        want /= 3.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    #[test]
+    fn mixup_lambda_depends_only_on_seed_epoch_and_sample() {
+        let l = mixup_lambda(0.2, 1, 3, 17);
+        assert!((0.0..=1.0).contains(&l));
+        assert_eq!(l, mixup_lambda(0.2, 1, 3, 17));
+        let others = [
+            mixup_lambda(0.2, 2, 3, 17),
+            mixup_lambda(0.2, 1, 4, 17),
+            mixup_lambda(0.2, 1, 3, 18),
+        ];
+        assert!(others.iter().all(|&o| o != l), "{l} {others:?}");
     }
 
     #[test]

@@ -436,10 +436,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `summary.csv`: one row per epoch.
-pub fn summary_csv(rows: &[EpochRow], runs: usize) -> String {
+pub fn summary_csv(rows: &[EpochRow], stems: &[String]) -> String {
+    let runs = stems.len();
     let mut out = String::from("epoch,global_step,lr");
-    for i in 1..=runs {
-        out.push_str(&format!(",loss_run_{i}"));
+    for stem in stems {
+        out.push_str(&format!(",loss_{stem}"));
     }
     out.push_str(",merged_imagenet_top1,merged_ood_mean,mean_t,seconds\n");
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::prelude::Device;
 use clipstock_config::RunPlan;
 use clipstock_data::classes::ClassSpace;
+use clipstock_data::holdout::{self, HOLDOUT_LIST, Holdout};
+use clipstock_data::layouts::{EvalSet, open_train_set};
 use clipstock_eval::EvalResults;
 use clipstock_model::load::apply_state;
 use clipstock_model::{ImageClassifier, StateDict};
@@ -15,7 +17,7 @@ use super::records::Record;
 use super::{TrainerState, checkpoint_dir, read_latest, write_atomic};
 use crate::error::{Result, TrainError, io};
 use crate::events::Observer;
-use crate::session::{build_w0, class_files, load_run_record, run_label};
+use crate::session::{RunName, build_w0, class_files, load_run_record};
 
 /// A run directory opened for reading.
 pub struct RunReader {
@@ -72,8 +74,8 @@ impl RunReader {
             .collect()
     }
 
-    /// The zero-shot w0, each run at the last complete checkpoint, and the last merge if there
-    /// was one, on `device`, labelled as the trainer labels them.
+    /// The zero-shot w0, each run (the merged ones, then the independent ones) at the last
+    /// complete checkpoint, and the last merge if there was one, on `device`, labelled as the trainer labels them.
     pub fn models(
         &self,
         device: &Device,
@@ -81,18 +83,49 @@ impl RunReader {
     ) -> Result<Vec<(String, ImageClassifier)>> {
         let spec = &self.plan.spec;
         let classes = ClassSpace::load(&class_files(&self.plan.class_files_dir))?;
-        let base = build_w0(spec, &classes, device, None, obs)?.base;
+        let mut w0 = build_w0(spec, &classes, device, None, obs)?;
+        if spec.model.head == clipstock_config::HeadSource::LinearProbe {
+            let cache = self.path.join(crate::linear_probe::PROBE_HEAD);
+            if !cache.is_file() {
+                return Err(TrainError::Checkpoint {
+                    path: cache,
+                    reason: "missing: the run probes its head (model.head = \"linear_probe\") \
+                             and keeps it here"
+                        .into(),
+                });
+            }
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let state = crate::linear_probe::probed_state(
+                &w0.base, &w0.state, &[], spec, device, &cache, &never, obs,
+            )?;
+            w0.base = apply_state(w0.base, &state, "w0 with the probed head")?;
+        }
+        let base = w0.base;
         let ck = checkpoint_dir(&self.path, &self.state);
         let mut out = vec![("zero-shot".to_string(), base.clone())];
-        for (i, &seed) in spec.run.seeds.iter().enumerate() {
+        for (i, name) in RunName::all(spec).into_iter().enumerate() {
             let model = load_run_record(base.clone(), &ck.join(format!("run_{}.bpk", i + 1)))?;
-            out.push((run_label(i, seed), model));
+            out.push((name.label(), model));
         }
         if self.state.has_merge {
             let merged = StateDict::read(&ck.join("merged.safetensors"))?;
             out.push(("merged".to_string(), apply_state(base, &merged, "merged")?));
         }
         Ok(out)
+    }
+
+    /// The run's held-out split (its `holdout.txt` over its training folder) as an evaluation
+    /// set: what `clipstock soup --greedy --holdout RUN` selects on.
+    pub fn holdout_set(&self) -> Result<EvalSet> {
+        let list = self.path.join(HOLDOUT_LIST);
+        if !list.is_file() {
+            return Err(TrainError::NoHoldout(self.path.clone()));
+        }
+        let classes = ClassSpace::load(&class_files(&self.plan.class_files_dir))?;
+        let train = open_train_set(&self.plan.spec.data.root, &classes)?;
+        let split = Holdout::read(&list, &train.dir, &train.samples)?;
+        let (_, held) = split.split(train.samples);
+        Ok(holdout::eval_set(&train.dir, held, classes.num_classes()))
     }
 
     /// Writes `eval.json` in the run directory: each model's results JSON under its label.

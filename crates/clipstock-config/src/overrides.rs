@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "data.augment.scale",
     "data.augment.ratio",
     "data.augment.hflip",
+    "data.augment.randaugment",
     "optim.epochs",
     "optim.batch_size",
     "optim.micro_batch_size",

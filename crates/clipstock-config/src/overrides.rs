@@ -33,6 +33,7 @@ pub const KEYS: &[&str] = &[
     "data.holdout_per_class",
     "data.holdout_seed",
     "data.holdout_file",
+    "data.augment.randaugment",
     "optim.epochs",
     "optim.batch_size",
     "optim.micro_batch_size",

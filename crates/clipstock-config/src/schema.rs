@@ -185,6 +185,9 @@ pub struct AugmentSection {
     pub ratio: [f32; 2],
     /// model-soups' recipe does not flip, so neither do we by default.
     pub hflip: bool,
+    /// torchvision `RandAugment` after the crop and flip; off unless given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub randaugment: Option<RandAugmentSpec>,
 }
 
 impl Default for AugmentSection {
@@ -193,7 +196,25 @@ impl Default for AugmentSection {
             scale: [0.9, 1.0],
             ratio: [0.75, 4.0 / 3.0],
             hflip: false,
+            randaugment: None,
         }
+    }
+}
+
+/// `RandAugment(num_ops = n, magnitude = m)` with torchvision's 31 magnitude bins; an omitted
+/// key takes torchvision's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RandAugmentSpec {
+    /// Ops applied per image, drawn with replacement.
+    pub n: u32,
+    /// Magnitude bin, 0..=30.
+    pub m: u32,
+}
+
+impl Default for RandAugmentSpec {
+    fn default() -> Self {
+        Self { n: 2, m: 9 }
     }
 }
 

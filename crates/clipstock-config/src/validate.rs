@@ -47,6 +47,12 @@ pub fn is_device_syntax(s: &str) -> bool {
 
 const DEVICE_ALLOWED: &str = DeviceSpec::EXPECTED;
 
+/// As many ops as RandAugment has: they are drawn with replacement, so more is allowed by
+/// torchvision, but past this the image is mostly noise and the key is likely a typo.
+const RANDAUGMENT_MAX_OPS: u32 = 14;
+/// The last of torchvision's 31 magnitude bins.
+const RANDAUGMENT_MAX_MAGNITUDE: u32 = 30;
+
 pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
     let c = Checker { file };
     let run = &spec.run;
@@ -288,6 +294,24 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
         data.augment.ratio,
         "[a, b] with 0 < a <= b",
     )?;
+    if let Some(ra) = data.augment.randaugment {
+        c.check(
+            (1..=RANDAUGMENT_MAX_OPS).contains(&ra.n),
+            "data.augment.randaugment.n",
+            ra.n,
+            &format!(
+                "an integer in [1, {RANDAUGMENT_MAX_OPS}] (or omit randaugment to turn it off)"
+            ),
+        )?;
+        c.check(
+            ra.m <= RANDAUGMENT_MAX_MAGNITUDE,
+            "data.augment.randaugment.m",
+            ra.m,
+            &format!(
+                "an integer in [0, {RANDAUGMENT_MAX_MAGNITUDE}] (torchvision's 31 magnitude bins)"
+            ),
+        )?;
+    }
 
     let o = &spec.optim;
     c.check(o.epochs >= 1, "optim.epochs", o.epochs, "at least 1")?;

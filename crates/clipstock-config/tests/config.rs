@@ -7,7 +7,7 @@ mod common;
 
 use clipstock_config::{
     AfterMerge, Anchor, ConfigError, EVAL_SETS, HeadSource, KEYS, MergeMethod,
-    OptimizerStatePolicy, Period, Precision, RunSpec, Schedule, from_str, load,
+    OptimizerStatePolicy, Period, Precision, RandAugmentSpec, RunSpec, Schedule, from_str, load,
 };
 use common::MINIMAL;
 
@@ -305,6 +305,39 @@ fn unknown_key_nested() {
 }
 
 #[test]
+fn randaugment_is_off_by_default_and_parses_round_trips_and_checks_ranges() {
+    assert_eq!(minimal().data.augment.randaugment, None);
+    assert!(!minimal().to_toml().contains("randaugment"));
+    let s = parse(&with("[data.augment]\nrandaugment = { n = 3, m = 30 }")).expect("valid");
+    assert_eq!(
+        s.data.augment.randaugment,
+        Some(RandAugmentSpec { n: 3, m: 30 })
+    );
+    let text = s.to_toml();
+    assert_eq!(parse(&text).expect("to_toml output loads"), s, "{text}");
+    // An empty table is torchvision's RandAugment() defaults.
+    let s = parse(&with("[data.augment.randaugment]")).expect("valid");
+    assert_eq!(
+        s.data.augment.randaugment,
+        Some(RandAugmentSpec { n: 2, m: 9 })
+    );
+    let s = parse_with(MINIMAL, &["data.augment.randaugment={ m = 0 }"]).expect("valid");
+    assert_eq!(
+        s.data.augment.randaugment,
+        Some(RandAugmentSpec { n: 2, m: 0 })
+    );
+    let m = err(&with("[data.augment]\nrandaugment = { n = 2, m = 31 }"));
+    assert_contains(&m, &[FILE, "`data.augment.randaugment.m`", "31", "[0, 30]"]);
+    let m = err(&with(
+        "[data.augment]\nrandaugment = { n = 2, magnitude = 9 }",
+    ));
+    assert_contains(
+        &m,
+        &[FILE, "`data.augment.randaugment.magnitude`", "unknown key"],
+    );
+}
+
+#[test]
 fn unknown_key_error_has_line_and_column() {
     let m = err(&with("[optim]\nlrr = 1e-5"));
     let line = with("[optim]\nlrr = 1e-5")
@@ -438,6 +471,18 @@ fn other_ranges() {
         ("[data.augment]\nscale = [0.9, 1.1]", "data.augment.scale"),
         ("[data.augment]\nscale = [1.0, 0.9]", "data.augment.scale"),
         ("[data.augment]\nratio = [1.5, 1.0]", "data.augment.ratio"),
+        (
+            "[data.augment]\nrandaugment = { n = 2, m = 31 }",
+            "data.augment.randaugment.m",
+        ),
+        (
+            "[data.augment]\nrandaugment = { n = 0, m = 9 }",
+            "data.augment.randaugment.n",
+        ),
+        (
+            "[data.augment]\nrandaugment = { n = 15 }",
+            "data.augment.randaugment.n",
+        ),
         ("[merge]\nperiod = { epochs = 0 }", "merge.period.epochs"),
         ("[merge]\nperiod = { steps = 0 }", "merge.period.steps"),
         ("[eval]\nbatch_size = 0", "eval.batch_size"),
@@ -684,6 +729,7 @@ fn override_keys_match_the_schema() {
             "optim.mixup_alpha=0.2",
             "model.head=\"linear_probe\"",
             "model.linear_probe={ epochs = 2 }",
+            "data.augment.randaugment={ n = 2, m = 9 }",
         ],
     )
     .expect("valid");

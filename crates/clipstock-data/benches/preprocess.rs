@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clipstock_data::preprocess::{
     DecodeLimits, EvalTransform, TrainTransform, Transform, decode_bytes, resize_to,
 };
+use clipstock_data::randaugment::RandAugment;
 use image::codecs::jpeg::JpegEncoder;
 use rayon::prelude::*;
 
@@ -79,6 +80,14 @@ fn main() {
         scale: (0.9, 1.0),
         ratio: (3.0 / 4.0, 4.0 / 3.0),
         hflip: true,
+        randaugment: None,
+    });
+    let train_ra = Transform::Train(TrainTransform {
+        size: 224,
+        scale: (0.9, 1.0),
+        ratio: (3.0 / 4.0, 4.0 / 3.0),
+        hflip: true,
+        randaugment: Some(RandAugment::new(2, 9)),
     });
     let decoded = decode_bytes(&jpeg, path, &limits).expect("decode bench jpeg");
     let threads = rayon::current_num_threads();
@@ -124,6 +133,18 @@ fn main() {
         time(budget, || {
             let img = decode_bytes(&jpeg, path, &limits).expect("decode");
             train.apply(&img, 42, &mut out);
+            std::hint::black_box(&out);
+            1
+        }),
+    );
+    let mut seed = 0u64;
+    row(
+        "train: decode+crop+flip+RandAugment(2, 9) (1 thread)",
+        time(budget, || {
+            let img = decode_bytes(&jpeg, path, &limits).expect("decode");
+            // A new seed each time, so the timing averages over the ops drawn.
+            seed += 1;
+            train_ra.apply(&img, seed, &mut out);
             std::hint::black_box(&out);
             1
         }),

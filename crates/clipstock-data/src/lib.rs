@@ -15,5 +15,6 @@ pub mod layouts;
 pub mod loader;
 pub mod preprocess;
 pub mod quickstart;
+pub mod randaugment;
 
 pub use error::DataError;

@@ -2,7 +2,9 @@
 //!
 //! Evaluation: `Resize(size, BICUBIC)` (shorter side = `size`, longer side truncated),
 //! `CenterCrop(size)`, `ToTensor`, `Normalize(CLIP_MEAN, CLIP_STD)`. Training:
-//! `RandomResizedCrop(size, scale, ratio, BICUBIC)` and an optional horizontal flip.
+//! `RandomResizedCrop(size, scale, ratio, BICUBIC)`, an optional horizontal flip and an
+//! optional `RandAugment` ([`crate::randaugment`], which follows torchvision's ops but not
+//! Pillow's pixels bit for bit).
 //!
 //! The resampler is Pillow's `ImagingResample` for 8-bit images (Resample.c): double-precision
 //! bicubic weights (a = −0.5, support widened by the downscale factor, i.e. antialiased),
@@ -24,6 +26,7 @@ use image::codecs::png::PngDecoder;
 use image::{DynamicImage, ImageDecoder, ImageFormat, Limits, RgbImage};
 
 use crate::DataError;
+use crate::randaugment::RandAugment;
 use crate::rng::{SplitMix64, mix64};
 
 /// OpenAI CLIP's normalisation mean (RGB).
@@ -698,13 +701,15 @@ impl EvalTransform {
 }
 
 /// torchvision `RandomResizedCrop(size, scale, ratio, BICUBIC)`, then a horizontal flip with
-/// probability 0.5 if `hflip`. Randomness comes from the seed passed to [`Transform::apply`].
+/// probability 0.5 if `hflip`, then `RandAugment` if set. Randomness comes from the seed
+/// passed to [`Transform::apply`].
 #[derive(Clone, Debug)]
 pub struct TrainTransform {
     pub size: u32,
     pub scale: (f32, f32),
     pub ratio: (f32, f32),
     pub hflip: bool,
+    pub randaugment: Option<RandAugment>,
 }
 
 impl TrainTransform {
@@ -797,9 +802,21 @@ impl Transform {
                     w: size,
                     h: size,
                 };
-                resample(img, src, size, size, win, |y, row| {
-                    write_row(out, s, y, row, flip)
-                });
+                let Some(ra) = &t.randaugment else {
+                    resample(img, src, size, size, win, |y, row| {
+                        write_row(out, s, y, row, flip)
+                    });
+                    return;
+                };
+                // RandAugment works on the cropped 8-bit image (after the flip, as in
+                // torchvision's pipeline), so the crop is materialised here; its draws come
+                // after the crop's and the flip's, which keeps those unchanged.
+                let mut crop =
+                    collect(size, size, |emit| resample(img, src, size, size, win, emit));
+                if flip {
+                    image::imageops::flip_horizontal_in_place(&mut crop);
+                }
+                write_normalized_chw(&ra.apply(&crop, &mut rng), out);
             }
         }
     }
@@ -890,6 +907,7 @@ mod tests {
                 scale,
                 ratio,
                 hflip: true,
+                randaugment: None,
             };
             for (w, h) in sizes {
                 let mut areas = (f64::MAX, 0f64);
@@ -930,11 +948,40 @@ mod tests {
             scale: (0.08, 1.0),
             ratio: (0.75, 4.0 / 3.0),
             hflip: true,
+            randaugment: None,
         };
         let boxes: std::collections::HashSet<_> = (0..200)
             .map(|i| t.crop_box(500, 375, &mut SplitMix64(sample_seed(0, 0, i))))
             .collect();
         assert!(boxes.len() > 190, "only {} distinct boxes", boxes.len());
+    }
+
+    /// With no ops, the RandAugment path (crop materialised, flipped as bytes, normalised
+    /// afterwards) gives the streaming path's output, so it draws the same crop and flip.
+    #[test]
+    fn randaugment_with_no_ops_matches_the_plain_train_path() {
+        let img = RgbImage::from_fn(50, 37, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 7) as u8, ((x + y) * 3) as u8])
+        });
+        let plain = TrainTransform {
+            size: 24,
+            scale: (0.08, 1.0),
+            ratio: (0.75, 4.0 / 3.0),
+            hflip: true,
+            randaugment: None,
+        };
+        let zero_ops = TrainTransform {
+            randaugment: Some(RandAugment::new(0, 9)),
+            ..plain.clone()
+        };
+        let (plain, zero_ops) = (Transform::Train(plain), Transform::Train(zero_ops));
+        for seed in 0..40 {
+            let mut a = vec![0f32; 3 * 24 * 24];
+            let mut b = vec![0f32; 3 * 24 * 24];
+            plain.apply(&img, sample_seed(1, 0, seed), &mut a);
+            zero_ops.apply(&img, sample_seed(1, 0, seed), &mut b);
+            assert_eq!(a, b, "seed {seed}");
+        }
     }
 
     #[test]

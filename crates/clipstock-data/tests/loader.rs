@@ -48,6 +48,7 @@ fn train() -> Transform {
         scale: (0.08, 1.0),
         ratio: (3.0 / 4.0, 4.0 / 3.0),
         hflip: true,
+        randaugment: None,
     })
 }
 

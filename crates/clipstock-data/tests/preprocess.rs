@@ -8,6 +8,7 @@ use clipstock_data::preprocess::{
     DecodeLimits, EvalTransform, TrainTransform, Transform, center_crop, decode_bytes, decode_file,
     resize_shorter_side, resize_to, resized_crop, write_normalized_chw,
 };
+use clipstock_data::randaugment::RandAugment;
 use image::RgbImage;
 use serde_json::Value;
 
@@ -373,12 +374,80 @@ fn one_pixel_image_is_resized_up() {
 }
 
 fn train(hflip: bool) -> Transform {
-    Transform::Train(TrainTransform {
+    Transform::Train(train_with(hflip, None))
+}
+
+fn train_with(hflip: bool, randaugment: Option<RandAugment>) -> TrainTransform {
+    TrainTransform {
         size: 64,
         scale: (0.08, 1.0),
         ratio: (3.0 / 4.0, 4.0 / 3.0),
         hflip,
+        randaugment,
+    }
+}
+
+/// FNV-1a over the floats' bits: a short pin of a whole output tensor.
+fn fingerprint(out: &[f32]) -> u64 {
+    out.iter().fold(0xcbf2_9ce4_8422_2325, |h, v| {
+        (h ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The train transform's output without RandAugment, pinned by fingerprints taken from the
+/// code before RandAugment existed (commit 4255ce0): adding it must not move the crop or flip
+/// draws, or the quickstart's exported runs change.
+#[test]
+fn train_output_without_randaugment_is_unchanged() {
+    let img = load("kafka_120x90.png");
+    let got: Vec<u64> = [0u64, 7, 123_456_789]
+        .iter()
+        .map(|&seed| {
+            let mut out = vec![0f32; 3 * 64 * 64];
+            train(true).apply(&img, seed, &mut out);
+            fingerprint(&out)
+        })
+        .collect();
+    assert_eq!(got, PINNED_TRAIN_FINGERPRINTS);
+}
+
+const PINNED_TRAIN_FINGERPRINTS: [u64; 3] = [
+    2_717_926_945_422_746_249,
+    3_385_272_688_444_098_795,
+    12_048_069_948_484_768_082,
+];
+
+#[test]
+fn randaugment_is_determined_by_the_seed_and_changes_the_output() {
+    let img = load("kafka_120x90.png");
+    let plain = Transform::Train(train_with(true, None));
+    let ra = Transform::Train(train_with(true, Some(RandAugment::new(2, 9))));
+    let run = |t: &Transform, seed| {
+        let mut out = vec![0f32; 3 * 64 * 64];
+        t.apply(&img, seed, &mut out);
+        out
+    };
+    let a = run(&ra, 7);
+    assert_eq!(a, run(&ra, 7), "same seed, different output");
+    let distinct = (0..20u64).map(|s| run(&ra, s)).filter(|o| *o != a).count();
+    assert!(
+        distinct >= 19,
+        "only {distinct}/20 other seeds changed the output"
+    );
+    // Over many seeds RandAugment changes most outputs (Identity twice is 1 in 196, and a few
+    // ops can leave a particular crop as it was).
+    let changed = (0..50u64)
+        .filter(|&s| run(&ra, s) != run(&plain, s))
+        .count();
+    assert!(
+        changed >= 40,
+        "RandAugment changed only {changed}/50 outputs"
+    );
+    // Zero ops: the crop and flip are the plain transform's.
+    let none = Transform::Train(train_with(true, Some(RandAugment::new(0, 9))));
+    for seed in 0..10 {
+        assert_eq!(run(&none, seed), run(&plain, seed), "seed {seed}");
+    }
 }
 
 #[test]

@@ -268,6 +268,11 @@ impl Session {
                 scale: (spec.data.augment.scale[0], spec.data.augment.scale[1]),
                 ratio: (spec.data.augment.ratio[0], spec.data.augment.ratio[1]),
                 hflip: spec.data.augment.hflip,
+                randaugment: spec
+                    .data
+                    .augment
+                    .randaugment
+                    .map(|r| clipstock_data::randaugment::RandAugment::new(r.n, r.m)),
             });
             loaders.push(Loader::new(
                 self.train.clone(),

@@ -303,6 +303,11 @@ fn time_train(
     let model = random_classifier(arch, 1, device).train();
     let placeholder = model.clone();
     let mut runs = [Run {
+        name: clipstock_train::session::RunName {
+            seed: 1,
+            independent: false,
+            number: 1,
+        },
         seed: 1,
         device: device.clone(),
         model,

@@ -48,6 +48,9 @@ struct Cli {
 enum Command {
     /// Fine-tune N seeds in lockstep with periodic Model Stock merging, from a config file.
     Train(train_cmd::TrainArgs),
+    /// The paper's comparison in one go: zero-shot, independent fine-tunes, periodic and
+    /// post-hoc Model Stock, uniform and greedy soups, WiSE-FT curves, and the ID-vs-OOD figure.
+    Compare(train_cmd::CompareArgs),
     /// Evaluate a checkpoint, or a run directory's models, on ImageNet and its five shifts.
     Eval(eval_cmd::EvalArgs),
     /// Build the zero-shot classification head from class names × prompt templates.
@@ -192,7 +195,10 @@ fn main() {
     let cli = Cli::parse();
     // Long commands draw progress bars on stderr, so their log lines go to the run's
     // train.log and only warnings reach the terminal (RUST_LOG overrides).
-    let quiet = matches!(cli.command, Command::Train(_) | Command::Eval(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Train(_) | Command::Compare(_) | Command::Eval(_)
+    );
     let stderr_filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
@@ -235,6 +241,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train_cmd::run(a),
+        Command::Compare(a) => train_cmd::run_compare(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Zeroshot(a) => zeroshot(a),
         Command::Info(a) => info(a),

@@ -8,10 +8,10 @@ use clap::Args;
 
 use clipstock_data::classes::{ClassFiles, ClassSpace};
 use clipstock_data::holdout;
+use clipstock_data::layouts::SetName;
 use clipstock_data::layouts::{EvalSet, open_class_folders};
 use clipstock_eval::{EvalOptions, PreparedSet, SetSource, evaluate};
 use clipstock_merge::{GreedySoup, MergeOptions, Method, greedy_soup_files, merge_files};
-use clipstock_data::layouts::SetName;
 use clipstock_model::{BurnDevice, Checkpoint, DeviceSpec, ImageClassifier};
 
 #[derive(Args)]
@@ -63,7 +63,11 @@ fn holdout_set(a: &SoupArgs, path: &Path) -> Result<EvalSet> {
     };
     let classes = ClassSpace::load(&files)?;
     let set = open_class_folders(path, &classes)?;
-    Ok(holdout::eval_set(&set.dir, set.samples, classes.num_classes()))
+    Ok(holdout::eval_set(
+        &set.dir,
+        set.samples,
+        classes.num_classes(),
+    ))
 }
 
 struct Scorer {
@@ -113,7 +117,11 @@ pub fn run(a: SoupArgs) -> Result<()> {
     let scorer = match &a.holdout {
         Some(p) => {
             let set = holdout_set(&a, p)?;
-            err!("held-out split: {} images from {}", set.samples.len(), set.dir.display());
+            err!(
+                "held-out split: {} images from {}",
+                set.samples.len(),
+                set.dir.display()
+            );
             let size = load(&a.models[0], &device)?.model.visual.image_size() as u32;
             let opts = EvalOptions {
                 batch_size: a.batch_size,

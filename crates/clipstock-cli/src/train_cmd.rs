@@ -45,7 +45,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         resume: a.resume,
         stop,
     };
-    let mut obs = Progress::new(spec.run.seeds.len(), spec.run.log_every_steps);
+    let runs = spec.run.seeds.len() + spec.baselines.independent_seeds.len();
+    let mut obs = Progress::new(runs, spec.run.log_every_steps);
     let outcome = clipstock_train::train(&plan, &opts, &mut obs);
     obs.clear();
     let outcome = match outcome {
@@ -72,6 +73,57 @@ pub fn run(a: TrainArgs) -> Result<()> {
         // with an unfinished run. The checkpoint is on disk and everything is printed.
         std::process::exit(signal_exit_code(&signal));
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The run file: a run with `baselines.independent_seeds` (two or more) and a held-out
+    /// split (`data.holdout_per_class`), e.g. configs/quickstart_compare.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override any key, as for `train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// `clipstock compare`: trains the run (or resumes it, or finds it finished), then scores
+/// every method of the paper's comparison that is not scored yet; a second call after a stop
+/// continues where the first stopped.
+pub fn run_compare(a: CompareArgs) -> Result<()> {
+    let plan = clipstock_config::load_plan(&a.config, &a.set)?;
+    clipstock_train::compare::check(&plan)?;
+    let spec = &plan.spec;
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicI32::new(0));
+    stop_on_signals(&stop, &signal)?;
+    let runs = spec.run.seeds.len() + spec.baselines.independent_seeds.len();
+    let mut obs = Progress::new(runs, spec.run.log_every_steps);
+    let outcome = clipstock_train::compare::compare(&plan, &stop, &mut obs);
+    obs.clear();
+    let outcome = match outcome {
+        Err(
+            e @ (clipstock_train::TrainError::InterruptedBeforeStart { .. }
+            | clipstock_train::TrainError::Interrupted),
+        ) => {
+            err!("{e}");
+            std::process::exit(signal_exit_code(&signal));
+        }
+        o => o?,
+    };
+    if outcome.stopped_early {
+        let mut cmd = format!("clipstock compare --config {}", a.config.display());
+        for s in &a.set {
+            cmd.push_str(&format!(" --set '{s}'"));
+        }
+        out!("stopped early; continue with: {cmd}");
+        std::process::exit(signal_exit_code(&signal));
+    }
+    out!("{}", outcome.markdown);
+    out!(
+        "comparison: {} (results.md, results.json, id_vs_ood.png, id_vs_ood.svg)",
+        outcome.dir.display()
+    );
     Ok(())
 }
 

@@ -173,7 +173,12 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
             "(a table)",
             "only with model.head = \"linear_probe\"",
         )?;
-        c.check(lp.epochs >= 1, "model.linear_probe.epochs", lp.epochs, "at least 1")?;
+        c.check(
+            lp.epochs >= 1,
+            "model.linear_probe.epochs",
+            lp.epochs,
+            "at least 1",
+        )?;
         c.check(
             lp.lr.is_finite() && lp.lr > 0.0,
             "model.linear_probe.lr",

@@ -278,6 +278,13 @@ fn shipped_configs_load() {
     if quickstart.exists() {
         load(&quickstart, &[]).unwrap_or_else(|e| panic!("quickstart.toml: {e}"));
     }
+    // The comparison configs: independent baselines and a held-out split, as compare needs.
+    for name in ["quickstart_compare.toml", "vit_b32_imagenet_compare.toml"] {
+        let s = load(&repo_root().join("configs").join(name), &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(s.baselines.independent_seeds.len() >= 2, "{name}");
+        assert!(s.data.holdout_per_class.is_some(), "{name}");
+    }
 }
 
 #[test]

@@ -71,7 +71,7 @@ impl Holdout {
                 });
             }
             let mut rng = SplitMix64(mix64(
-                seed ^ mix64((class as u64).wrapping_add(0x5EED_0F_C1A55)),
+                seed ^ mix64((class as u64).wrapping_add(0x05EE_D0FC_1A55)),
             ));
             for k in 0..per_class {
                 let j = k + rng.below_unbiased((members.len() - k) as u64) as usize;
@@ -123,7 +123,9 @@ impl Holdout {
             return Err(bad("it holds out no image".into()));
         }
         if indices.len() == samples.len() {
-            return Err(bad("it holds out every image, leaving none to train on".into()));
+            return Err(bad(
+                "it holds out every image, leaving none to train on".into()
+            ));
         }
         Ok(Holdout { indices })
     }
@@ -167,6 +169,7 @@ pub fn eval_set(train_dir: &Path, held: Vec<Sample>, num_classes: usize) -> Eval
     EvalSet {
         name: SetName::ImageNetHoldout,
         dir: train_dir.to_path_buf(),
+        total_found: held.len(),
         samples: held,
         num_labels: num_classes,
         projection: Projection::Identity,
@@ -294,7 +297,9 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let at = header
         .find(&format!("'{key}'"))
         .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':')?;
+    let rest = header[at + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?;
     let rest = rest.trim_start();
     if rest.starts_with('(') {
         return rest.find(')').map(|end| &rest[..=end]);
@@ -333,23 +338,27 @@ mod tests {
             let n = h.indices.iter().filter(|&&i| s[i].label == class).count();
             assert_eq!(n, 3, "class {class}");
         }
-        assert!(h.indices.windows(2).all(|w| w[0] < w[1]), "sorted, distinct");
+        assert!(
+            h.indices.windows(2).all(|w| w[0] < w[1]),
+            "sorted, distinct"
+        );
         assert_eq!(Holdout::draw(&s, &names(3), 3, 0).expect("again"), h);
         let other = Holdout::draw(&s, &names(3), 3, 1).expect("seed 1");
         assert_ne!(other, h);
         // One class's draw does not move when another class grows.
         let bigger = samples(&[10, 7, 31]);
         let h2 = Holdout::draw(&bigger, &names(3), 3, 0).expect("draw");
-        let first = |h: &Holdout| -> Vec<usize> {
-            h.indices.iter().copied().filter(|&i| i < 17).collect()
-        };
+        let first =
+            |h: &Holdout| -> Vec<usize> { h.indices.iter().copied().filter(|&i| i < 17).collect() };
         assert_eq!(first(&h), first(&h2));
     }
 
     #[test]
     fn a_class_that_would_have_nothing_left_is_refused_by_name() {
         let s = samples(&[10, 3]);
-        let e = Holdout::draw(&s, &names(2), 3, 0).err().map(|e| e.to_string());
+        let e = Holdout::draw(&s, &names(2), 3, 0)
+            .err()
+            .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.contains("`c1`") && e.contains("3 training images"), "{e}");
     }
@@ -367,7 +376,8 @@ mod tests {
     }
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -396,19 +406,31 @@ mod tests {
         std::fs::write(&p, npy("|b1", "(6,)", &[1, 0, 0, 1, 0, 0])).expect("write");
         let h = Holdout::read(&p, Path::new("/train"), &s).expect("bool mask");
         assert_eq!(h.indices, vec![0, 3]);
-        let i8s: Vec<u8> = [0i64, 0, 1, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let i8s: Vec<u8> = [0i64, 0, 1, 0, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         std::fs::write(&p, npy("<i8", "(6,)", &i8s)).expect("write");
         assert_eq!(
-            Holdout::read(&p, Path::new("/train"), &s).expect("i8").indices,
+            Holdout::read(&p, Path::new("/train"), &s)
+                .expect("i8")
+                .indices,
             vec![2]
         );
         // The wrong length names both counts.
         std::fs::write(&p, npy("|b1", "(5,)", &[1, 0, 0, 1, 0])).expect("write");
-        let e = Holdout::read(&p, Path::new("/train"), &s).err().map(|e| e.to_string());
+        let e = Holdout::read(&p, Path::new("/train"), &s)
+            .err()
+            .map(|e| e.to_string());
         let e = e.unwrap_or_default();
-        assert!(e.contains("5 entries") && e.contains("6 images") && e.contains("idx.npy"), "{e}");
+        assert!(
+            e.contains("5 entries") && e.contains("6 images") && e.contains("idx.npy"),
+            "{e}"
+        );
         std::fs::write(&p, npy("|b1", "(2, 3)", &[1, 0, 0, 1, 0, 0])).expect("write");
-        let e = Holdout::read(&p, Path::new("/train"), &s).err().map(|e| e.to_string());
+        let e = Holdout::read(&p, Path::new("/train"), &s)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("one-dimensional"));
     }
 
@@ -423,16 +445,25 @@ mod tests {
         let list = h.to_list(Path::new("/train"), &s);
         assert!(list.contains("c0/img001.png\n") && list.contains("c1/img002.png\n"));
         std::fs::write(&p, &list).expect("write");
-        assert_eq!(Holdout::read(&p, Path::new("/train"), &s).expect("paths"), h);
+        assert_eq!(
+            Holdout::read(&p, Path::new("/train"), &s).expect("paths"),
+            h
+        );
         std::fs::write(&p, "c0/img001.png\nc9/nope.png\n").expect("write");
-        let e = Holdout::read(&p, Path::new("/train"), &s).err().map(|e| e.to_string());
+        let e = Holdout::read(&p, Path::new("/train"), &s)
+            .err()
+            .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.contains("line 2") && e.contains("c9/nope.png"), "{e}");
         std::fs::write(&p, "3\n3\n").expect("write");
-        let e = Holdout::read(&p, Path::new("/train"), &s).err().map(|e| e.to_string());
+        let e = Holdout::read(&p, Path::new("/train"), &s)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("twice"));
         std::fs::write(&p, "8\n").expect("write");
-        let e = Holdout::read(&p, Path::new("/train"), &s).err().map(|e| e.to_string());
+        let e = Holdout::read(&p, Path::new("/train"), &s)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("index 8"));
     }
 }

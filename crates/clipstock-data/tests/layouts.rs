@@ -114,6 +114,7 @@ fn every_layout_and_its_label_rule() {
                         .collect(),
                 ),
             ),
+            SetName::ImageNetHoldout => unreachable!("not in SetName::ALL"),
         };
         assert_eq!(opened.num_labels, labels, "{set}");
         assert_eq!(opened.projection, projection, "{set}");

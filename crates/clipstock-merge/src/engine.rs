@@ -224,7 +224,8 @@ pub(crate) fn build_plan(
     // The official notebook's merged state dict is f32, so that is the default then.
     let widen = opts.output_dtype.is_none()
         && entries.iter().any(|e| {
-            e.info.dtype.is_float() && (e.info.dtype.size() == 2 || e.flags.contains(&Flag::MixedDtype))
+            e.info.dtype.is_float()
+                && (e.info.dtype.size() == 2 || e.flags.contains(&Flag::MixedDtype))
         });
     if widen {
         for e in entries.iter_mut().filter(|e| e.info.dtype.is_float()) {

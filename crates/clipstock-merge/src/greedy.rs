@@ -147,6 +147,10 @@ pub fn greedy_soup_files<P: AsRef<Path>, E: From<MergeError>>(
 mod tests {
     use super::*;
 
+    /// model-soups' `main.py` (`--greedy-soup`): `sorted_models` by descending held-out
+    /// accuracy, the soup starts as the first with `best_val_acc_so_far` its individual score,
+    /// and each next model is added `if held_out_val_accuracy > best_val_acc_so_far`. Worked
+    /// through by hand below.
     #[test]
     fn follows_the_reference_procedure() {
         // Model 2 is best alone, then 0, 3, 1. Pretend a soup scores the mean of its members'

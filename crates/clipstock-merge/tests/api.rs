@@ -198,8 +198,13 @@ fn bf16_anchor_merges_to_f32_unless_asked_and_integers_are_copied() {
     let b = mk("b.safetensors", &[1.5, 2.0, 3.0, 4.5]);
     let c = mk("c.safetensors", &[1.5, 2.5, 3.0, 4.0]);
     let out = dir.path().join("out.safetensors");
-    let report = merge_files(Some(&a), &[b.clone(), c.clone()], &out, &MergeOptions::default())
-        .expect("merge");
+    let report = merge_files(
+        Some(&a),
+        &[b.clone(), c.clone()],
+        &out,
+        &MergeOptions::default(),
+    )
+    .expect("merge");
     let got = load(&out);
     assert_eq!(got["w"].dtype, Dtype::F32);
     let kept = dir.path().join("kept.safetensors");

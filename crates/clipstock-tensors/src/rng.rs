@@ -161,7 +161,10 @@ mod tests {
             let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
             let want = 1.0 / (4.0 * (2.0 * a + 1.0));
             assert!((mean - 0.5).abs() < 0.005, "a = {a}: mean {mean}");
-            assert!((var - want).abs() < 0.02 * want + 1e-4, "a = {a}: var {var} vs {want}");
+            assert!(
+                (var - want).abs() < 0.02 * want + 1e-4,
+                "a = {a}: var {var} vs {want}"
+            );
         }
         // Gamma(k) has mean k.
         let mut r = SplitMix64(3);

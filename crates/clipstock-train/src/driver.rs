@@ -337,7 +337,7 @@ fn run_loop(
         for h in hooks.iter_mut() {
             h.at_epoch_end(&mut cx, &mut end)?;
         }
-        close_epoch(t, &end, epoch_start)?;
+        close_epoch(t, &end, epoch_start, spec.optim.epochs)?;
         end.stopping = stop.load(Ordering::SeqCst) && !last;
         let mut cx = t.cx(plan, obs, stop);
         for h in hooks.iter_mut() {
@@ -351,7 +351,12 @@ fn run_loop(
 }
 
 /// Records the epoch in `summary.csv` and moves the state to the next one.
-fn close_epoch(t: &mut Training, end: &EpochEnd, started: Instant) -> Result<()> {
+fn close_epoch(
+    t: &mut Training,
+    end: &EpochEnd,
+    started: Instant,
+    total_epochs: u64,
+) -> Result<()> {
     let s = &mut t.state;
     s.epochs.push(EpochRow {
         epoch: end.epoch,
@@ -368,6 +373,20 @@ fn close_epoch(t: &mut Training, end: &EpochEnd, started: Instant) -> Result<()>
     let stems: Vec<String> = t.session.runs.iter().map(|r| r.name.stem()).collect();
     let csv = summary_csv(&s.epochs, &stems);
     t.dir.write("summary.csv", csv.as_bytes())?;
+    let labels: Vec<String> = t.session.runs.iter().map(|r| r.name.label()).collect();
+    let svg = crate::figures::curves_svg(
+        &t.dir
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        &labels,
+        &s.epochs,
+        &s.evals,
+        total_epochs,
+    );
+    t.dir.write("curves.svg", svg.as_bytes())?;
+    t.dir.write("curves.png", &crate::figures::png(&svg)?)?;
     s.epoch += 1;
     s.step_in_epoch = 0;
     s.epoch_end_merged = false;

@@ -48,15 +48,22 @@ pub enum TrainError {
     NothingToResume(PathBuf),
 
     #[error(
-        "{run}: {what} is not finite at epoch {epoch}, step {step}; training \
-         stopped, the last good checkpoint is kept (lower optim.lr or enable optim.grad_clip_norm)"
-    )]
-    #[error(
         "`{0}` has no held-out split (holdout.txt): train with data.holdout_per_class or \
          data.holdout_file to have one"
     )]
     NoHoldout(PathBuf),
 
+    #[error("compare: {0}")]
+    Compare(String),
+
+    /// A merge outside training (the comparison's soups and interpolations).
+    #[error("compare: {0}")]
+    CompareMerge(#[from] clipstock_merge::MergeError),
+
+    #[error(
+        "{run}: {what} is not finite at epoch {epoch}, step {step}; training \
+         stopped, the last good checkpoint is kept (lower optim.lr or enable optim.grad_clip_norm)"
+    )]
     NonFinite {
         /// The run's label (`run 1 (seed 1)`, `independent 1 (seed 11)`).
         run: String,

@@ -20,9 +20,7 @@ use tracing::{info, info_span};
 use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
 use crate::rundir::{EvalRecord, MergeRecord, Record, RunDir, TrainerState};
-use crate::session::{
-    Session, eval_error, eval_options, load_run_record, new_optimizer,
-};
+use crate::session::{Session, eval_error, eval_options, load_run_record, new_optimizer};
 use clipstock_config::{Boundary, RunPlan};
 
 /// Everything a hook may read or change.

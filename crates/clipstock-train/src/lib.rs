@@ -19,10 +19,12 @@
 //! from `sample_seed(seed, epoch, index)`, so the only state a resume needs is the step
 //! position, the module and optimizer records and the last merge, all in each checkpoint.
 
+pub mod compare;
 mod driver;
 mod error;
 pub mod events;
 mod export;
+pub mod figures;
 mod fused_adamw;
 pub mod hooks;
 pub mod linear_probe;

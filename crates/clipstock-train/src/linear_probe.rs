@@ -210,7 +210,7 @@ pub fn probed_state(
             (HEAD_WEIGHT, head.weight.val().into_data()),
             (HEAD_BIAS, head.bias.val().into_data()),
         ] {
-            let shape = t.shape.to_vec();
+            let shape = t.shape().to_vec();
             let data: Vec<f32> = t.iter::<f32>().collect();
             sd.insert(name, HostTensor::new(shape, DType::F32, data));
         }

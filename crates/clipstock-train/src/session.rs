@@ -50,13 +50,12 @@ impl RunName {
             independent: false,
             number: i + 1,
         });
-        let independent = (spec.baselines.independent_seeds.iter().enumerate()).map(|(i, &seed)| {
-            RunName {
+        let independent =
+            (spec.baselines.independent_seeds.iter().enumerate()).map(|(i, &seed)| RunName {
                 seed,
                 independent: true,
                 number: i + 1,
-            }
-        });
+            });
         merged.chain(independent).collect()
     }
 
@@ -71,7 +70,11 @@ impl RunName {
 
     /// In file and column names: `run_1`, `independent_1`.
     pub fn stem(&self) -> String {
-        let kind = if self.independent { "independent" } else { "run" };
+        let kind = if self.independent {
+            "independent"
+        } else {
+            "run"
+        };
         format!("{kind}_{}", self.number)
     }
 }
@@ -92,12 +95,7 @@ impl Run {
     /// not unique across runs, only within one. That is harmless because each run has its own
     /// optimizer, and the one place that combines runs' optimizer state
     /// (`merge.optimizer_state = "average"`) matches parameters by module path, not by id.
-    pub fn from_w0(
-        w0: &W0,
-        name: RunName,
-        device: &Device,
-        optim: ModuleOptimizer,
-    ) -> Result<Run> {
+    pub fn from_w0(w0: &W0, name: RunName, device: &Device, optim: ModuleOptimizer) -> Result<Run> {
         let model = apply_state(w0.base.clone(), &w0.state, "w0")?;
         let model = model.fork(&device.clone().autodiff()).train();
         Ok(Run {
@@ -347,6 +345,19 @@ fn train_samples(spec: &RunSpec, classes: &ClassSpace) -> Result<TrainSamples> {
         holdout,
         holdout_list,
     })
+}
+
+/// A run's evaluation sets and its held-out split, prepared as the trainer prepares them
+/// (the split drawn again: it depends only on the training folder and the config).
+pub fn evaluation_sets(
+    plan: &RunPlan,
+    image_size: u32,
+    stop: &Arc<AtomicBool>,
+    obs: &mut dyn Observer,
+) -> Result<EvalSets> {
+    let classes = ClassSpace::load(&class_files(&plan.class_files_dir))?;
+    let samples = train_samples(&plan.spec, &classes)?;
+    open_eval_sets(plan, &classes, samples.holdout, image_size, stop, obs)
 }
 
 fn open_eval_sets(

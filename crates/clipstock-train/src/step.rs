@@ -158,13 +158,13 @@ impl StepRunner {
             }
             let s = batch.size as usize;
             let n = batch.len();
-            let mut images = batch.images;
+            let mut pixels = batch.images;
             let mixed = (self.mixup_alpha > 0.0).then(|| {
                 let first = batch.sample_indices.first().copied().unwrap_or(0);
                 let lambda = mixup_lambda(self.mixup_alpha, run.seed, self.epoch, first);
-                (lambda, mixup_batch(&mut images, &batch.labels, lambda))
+                (lambda, mixup_batch(&mut pixels, &batch.labels, lambda))
             });
-            let x = Tensor::<4>::from_data(TensorData::new(images, [n, 3, s, s]), &run.device);
+            let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, s, s]), &run.device);
             let int_labels = |labels: &[usize]| {
                 let v: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
                 Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &run.device)
@@ -519,7 +519,10 @@ mod tests {
 
         let device = Device::flex();
         let logits = Tensor::<2>::from_data(
-            TensorData::new(vec![2.0f32, 0.0, -1.0, 0.5, 0.5, 3.0, 1.0, -2.0, 0.0], [3, 3]),
+            TensorData::new(
+                vec![2.0f32, 0.0, -1.0, 0.5, 0.5, 3.0, 1.0, -2.0, 0.0],
+                [3, 3],
+            ),
             &device,
         );
         let lambda = 0.75f64;

@@ -49,15 +49,15 @@ fn after_first_merge(
     let outcome = train(&plan, &opts, &mut obs).expect("train");
     assert!(outcome.stopped_early, "stopped after the first merge");
     let reader = RunReader::open(&out.join(name)).expect("run dir");
-    assert_eq!(reader.state.epoch, 1, "the checkpoint is the one after epoch 1");
+    assert_eq!(
+        reader.state.epoch, 1,
+        "the checkpoint is the one after epoch 1"
+    );
     assert_eq!(reader.state.merges, 1);
     let models = reader
         .models(&burn::tensor::Device::flex(), &mut Quiet)
         .expect("models");
-    let ckpt = out
-        .join(name)
-        .join("checkpoints")
-        .join(&reader.state.dir);
+    let ckpt = out.join(name).join("checkpoints").join(&reader.state.dir);
     (models, ckpt)
 }
 
@@ -113,7 +113,10 @@ fn reset_runs_puts_the_merge_into_every_run_and_evaluate_only_does_not() {
         state_of(&models, "run 1 (seed 1)"),
         state_of(&models, "run 2 (seed 2)"),
     );
-    assert!(r1 != merged && r2 != merged, "evaluate_only leaves the runs their own weights");
+    assert!(
+        r1 != merged && r2 != merged,
+        "evaluate_only leaves the runs their own weights"
+    );
     assert!(r1 != r2);
 }
 
@@ -135,7 +138,10 @@ fn adamw_moments_survive_a_merge_under_keep_and_are_zero_under_reset() {
         // A fresh AdamW has no state: its first step starts from zero moments.
         let m = moments(&ckpt, run);
         let nonzero = m.iter().filter(|(_, d)| d.iter().any(|&b| b != 0)).count();
-        assert_eq!(nonzero, 0, "run {run}: reset leaves no moments, found {m:?}");
+        assert_eq!(
+            nonzero, 0,
+            "run {run}: reset leaves no moments, found {m:?}"
+        );
     }
 }
 
@@ -213,23 +219,34 @@ fn independent_baselines_train_in_lockstep_and_are_never_merged() {
 
     // The same seed trained as a never-merged run of its own, one epoch each.
     let one_epoch = |name: &str, sets: &[&str]| {
-        let mut all: Vec<String> = vec!["eval.every_epochs=0".into(), "eval.zero_shot=false".into()];
+        let mut all: Vec<String> =
+            vec!["eval.every_epochs=0".into(), "eval.zero_shot=false".into()];
         all.extend(sets.iter().map(|s| s.to_string()));
         let plan = spec(tmp.path(), name, &all);
         train(&plan, &options(false, false), &mut Quiet).expect("train");
         StateDict::read(&tmp.path().join(name).join(format!(
             "{}_final.safetensors",
-            if name == "lockstep" { "independent_1" } else { "run_1" }
+            if name == "lockstep" {
+                "independent_1"
+            } else {
+                "run_1"
+            }
         )))
         .expect("export")
     };
     let lockstep = one_epoch("lockstep", &["baselines.independent_seeds=[11]"]);
     let solo = one_epoch("solo", &["run.seeds=[11, 12]", "merge.method=\"none\""]);
-    assert!(lockstep == solo, "the baseline equals seed 11 trained alone, bit for bit");
+    assert!(
+        lockstep == solo,
+        "the baseline equals seed 11 trained alone, bit for bit"
+    );
     let dir = tmp.path().join("lockstep");
     let report = std::fs::read_to_string(dir.join("merges/epoch_001.json")).expect("report");
     let report: serde_json::Value = serde_json::from_str(&report).expect("json");
-    assert_eq!(report["summary"]["n_models"], 2, "only the merged runs are merged");
+    assert_eq!(
+        report["summary"]["n_models"], 2,
+        "only the merged runs are merged"
+    );
     let csv = std::fs::read_to_string(dir.join("summary.csv")).expect("csv");
     assert!(csv.starts_with("epoch,global_step,lr,loss_run_1,loss_run_2,loss_independent_1,"));
 }
@@ -248,8 +265,8 @@ fn the_held_out_split_is_never_trained_on_and_is_evaluated() {
         ],
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let session = clipstock_train::session::Session::build(&plan, &stop, &mut Quiet)
-        .expect("session");
+    let session =
+        clipstock_train::session::Session::build(&plan, &stop, &mut Quiet).expect("session");
     train(&plan, &options(false, false), &mut Quiet).expect("train");
     let dir = tmp.path().join("holdout");
     let list = std::fs::read_to_string(dir.join("holdout.txt")).expect("holdout.txt");
@@ -271,11 +288,50 @@ fn the_held_out_split_is_never_trained_on_and_is_evaluated() {
     assert!(table.contains("held-out"), "{table}");
     let reader = RunReader::open(&dir).expect("run dir");
     for e in &reader.state.evals {
-        let h = e.results.get(SetName::ImageNetHoldout).expect("held-out row");
+        let h = e
+            .results
+            .get(SetName::ImageNetHoldout)
+            .expect("held-out row");
         assert_eq!(h.count, 30, "{}", e.model);
     }
     assert!(
-        reader.state.evals.iter().all(|e| e.results.ood_mean().map(|m| m.1) == Some(5)),
+        reader
+            .state
+            .evals
+            .iter()
+            .all(|e| e.results.ood_mean().map(|m| m.1) == Some(5)),
         "the held-out split is not a shift"
+    );
+}
+
+/// mixup and RandAugment reach the trainer's step: each changes what is trained.
+#[test]
+fn mixup_and_randaugment_change_the_training() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = |name: &str, extra: &[&str]| {
+        let mut sets: Vec<String> =
+            vec!["eval.every_epochs=0".into(), "eval.zero_shot=false".into()];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        train(
+            &spec(tmp.path(), name, &sets),
+            &options(false, false),
+            &mut Quiet,
+        )
+        .expect("train");
+        std::fs::read(tmp.path().join(name).join("run_1_final.safetensors")).expect("export")
+    };
+    let plain = run("plain", &[]);
+    assert!(plain == run("plain_again", &[]), "deterministic");
+    assert!(
+        plain != run("mixup", &["optim.mixup_alpha=0.4"]),
+        "mixup changes the step"
+    );
+    assert!(
+        plain
+            != run(
+                "randaugment",
+                &["data.augment.randaugment={ n = 2, m = 9 }"]
+            ),
+        "RandAugment changes the batches"
     );
 }

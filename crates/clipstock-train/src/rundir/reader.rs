@@ -96,7 +96,14 @@ impl RunReader {
             }
             let never = std::sync::atomic::AtomicBool::new(false);
             let state = crate::linear_probe::probed_state(
-                &w0.base, &w0.state, &[], spec, device, &cache, &never, obs,
+                &w0.base,
+                &w0.state,
+                &[],
+                spec,
+                device,
+                &cache,
+                &never,
+                obs,
             )?;
             w0.base = apply_state(w0.base, &state, "w0 with the probed head")?;
         }

@@ -30,6 +30,8 @@ mod bench;
 mod eval_cmd;
 mod logfile;
 mod merge_cmd;
+#[cfg(feature = "mpi")]
+mod mpi_comm;
 mod soup_cmd;
 mod train_cmd;
 

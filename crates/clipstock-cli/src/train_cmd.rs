@@ -38,17 +38,33 @@ pub fn run(a: TrainArgs) -> Result<()> {
     // configs/README.md) and checks the input files before anything is created.
     let (config, plan) = load_plan(&a)?;
     let spec = &plan.spec;
+    let comm = distributed();
+    let rank = comm.as_ref().map_or(0, |c| c.rank());
     let stop = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(&stop, &signal)?;
     let opts = TrainOptions {
         resume: a.resume,
         stop,
+        comm,
     };
     let runs = spec.run.seeds.len() + spec.baselines.independent_seeds.len();
     let mut obs = Progress::new(runs, spec.run.log_every_steps);
-    let outcome = clipstock_train::train(&plan, &opts, &mut obs);
+    let outcome = if rank == 0 {
+        clipstock_train::train(&plan, &opts, &mut obs)
+    } else {
+        // Rank 0 reports for every process; the others keep quiet (their warnings still reach
+        // stderr).
+        clipstock_train::train(&plan, &opts, &mut clipstock_train::Quiet)
+    };
     obs.clear();
+    if rank != 0 {
+        return match outcome {
+            Ok(o) if o.stopped_early => std::process::exit(signal_exit_code(&signal)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+    }
     let outcome = match outcome {
         Err(e @ clipstock_train::TrainError::InterruptedBeforeStart { .. }) => {
             err!("{e}");
@@ -125,6 +141,23 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         outcome.dir.display()
     );
     Ok(())
+}
+
+/// The processes of an MPI launch (`mpirun`/`srun`, built with `--features mpi`); None when
+/// this is a training of its own.
+#[cfg(feature = "mpi")]
+fn distributed() -> Option<clipstock_train::dist::Comm> {
+    let comm = crate::mpi_comm::init()?;
+    use clipstock_train::dist::Collective;
+    if comm.size() == 1 {
+        return None;
+    }
+    Some(std::sync::Arc::new(comm))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn distributed() -> Option<clipstock_train::dist::Comm> {
+    None
 }
 
 /// The config file and the plan. A resumed run directory is wherever it is now: `--run DIR`,

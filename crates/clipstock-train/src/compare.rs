@@ -120,6 +120,7 @@ pub fn compare(
         let opts = TrainOptions {
             resume: started,
             stop: stop.clone(),
+            comm: None,
         };
         let outcome = train(plan, &opts, obs)?;
         if outcome.stopped_early {

@@ -12,6 +12,7 @@ use clipstock_data::holdout::HOLDOUT_LIST;
 use clipstock_eval::EvalResults;
 use tracing::{info, info_span};
 
+use crate::dist::{Collective, Comm};
 use crate::error::{Result, TrainError, io};
 use crate::events::{Event, Observer};
 use crate::hooks::{CheckpointHook, EpochEnd, EpochHook, HookCx, default_hooks, evaluate_model};
@@ -20,7 +21,7 @@ use crate::rundir::{
 };
 use crate::schedule::{constant_lr, cosine_lr};
 use crate::session::{Session, check_precision};
-use crate::step::{LossScale, NonFinite, StepRunner};
+use crate::step::{LossScale, NonFinite, StepOutcome, StepRunner};
 use clipstock_config::RunPlan;
 
 /// How a training call behaves beyond the config.
@@ -30,6 +31,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Set (e.g. by Ctrl-C) to save a checkpoint at the next step boundary and return.
     pub stop: Arc<AtomicBool>,
+    /// The processes of a distributed training (MPI); None: this process alone.
+    pub comm: Option<Comm>,
 }
 
 /// What a finished (or stopped) call leaves behind.
@@ -46,6 +49,7 @@ struct Training {
     session: Session,
     state: TrainerState,
     dir: RunDir,
+    comm: Comm,
 }
 
 impl Training {
@@ -62,6 +66,7 @@ impl Training {
             dir: &mut self.dir,
             obs,
             stop,
+            comm: &*self.comm,
         }
     }
 }
@@ -71,17 +76,25 @@ pub fn train(plan: &RunPlan, opts: &TrainOptions, obs: &mut dyn Observer) -> Res
     // Before the zero-shot head, which can take minutes.
     check_precision(plan)?;
     let stop = &opts.stop;
-    let dir = open_run_dir(plan, opts.resume)?;
+    let comm = opts.comm.clone().unwrap_or_else(crate::dist::single);
+    check_distributed(plan, &*comm)?;
+    // Rank 0 creates (or opens) and locks the directory; the others follow once it has.
+    let dir = if comm.rank() == 0 {
+        open_run_dir(plan, opts.resume)?
+    } else {
+        RunDir::follower(&plan.run_dir)
+    };
+    comm.barrier();
     obs.on(Event::Started {
         run_dir: dir.path.clone(),
     });
     // Held past `start`, which consumes the directory: a failed start removes it below, and
     // must do so before another process can take it.
     let _lock = dir.lock();
-    let mut t = match start(plan, dir, opts, obs) {
+    let mut t = match start(plan, dir, opts, comm.clone(), obs) {
         Ok(t) => t,
         Err(e) => {
-            if !opts.resume {
+            if !opts.resume && comm.rank() == 0 {
                 // Nothing of value was written yet; leave no directory that blocks a retry.
                 let _ = std::fs::remove_dir_all(&plan.run_dir);
             }
@@ -167,12 +180,15 @@ fn start(
     plan: &RunPlan,
     dir: RunDir,
     opts: &TrainOptions,
+    comm: Comm,
     obs: &mut dyn Observer,
 ) -> Result<Training> {
-    let session = Session::build(plan, &opts.stop, obs)?;
+    let session = Session::build(plan, &opts.stop, &*comm, obs)?;
     if let Some(list) = &session.holdout_list {
         let path = dir.file(HOLDOUT_LIST);
-        if opts.resume && path.exists() {
+        if !dir.is_writer() {
+            // Rank 0 writes and checks it.
+        } else if opts.resume && path.exists() {
             let stored = std::fs::read_to_string(&path).map_err(io("read", &path))?;
             if stored != *list {
                 return Err(TrainError::Checkpoint {
@@ -198,6 +214,7 @@ fn start(
         session,
         state,
         dir,
+        comm,
     };
     if !opts.resume {
         CheckpointHook::save(&mut t.cx(plan, obs, &opts.stop))?;
@@ -227,7 +244,7 @@ fn run_loop(
     if plan.eval.section.zero_shot && !t.state.evals.iter().any(|e| e.model == "zero-shot") {
         let base = t.session.w0.base.clone();
         let mut cx = t.cx(plan, obs, stop);
-        evaluate_model(&mut cx, 0, "zero-shot", &base)?;
+        evaluate_model(&mut cx, 0, "zero-shot", &base, 0)?;
         CheckpointHook::save(&mut cx)?;
     }
     let mut runner = StepRunner {
@@ -262,15 +279,28 @@ fn run_loop(
             let lr = lr_at(plan, steps, t.state.global_step);
             t.state.epoch_lr = lr;
             let s = &mut t.session;
-            let outcomes = runner
-                .step(
-                    &mut s.runs,
-                    &mut loaders,
-                    lr,
-                    &mut t.state.loss_scales,
-                    &s.w0.base,
-                )
-                .map_err(|e| non_finite(e, &t.session, &t.state))?;
+            let own = s.own.clone();
+            let scales: &mut [LossScale] = if t.state.loss_scales.is_empty() {
+                &mut []
+            } else {
+                &mut t.state.loss_scales[own.clone()]
+            };
+            let local = runner.step(
+                &mut s.runs[own.clone()],
+                &mut loaders,
+                lr,
+                scales,
+                &s.w0.base,
+            );
+            let (outcomes, stopping) = exchange(
+                &*t.comm,
+                own,
+                s.runs.len(),
+                local,
+                &mut t.state.loss_scales,
+                stop.load(Ordering::SeqCst),
+            );
+            let outcomes = outcomes.map_err(|e| non_finite(e, &t.session, &t.state))?;
             let losses: Vec<f64> = outcomes.iter().map(|o| o.loss).collect();
             let images: usize = outcomes.iter().map(|o| o.images).sum();
             for (sum, l) in t.state.epoch_loss_sums.iter_mut().zip(&losses) {
@@ -312,7 +342,9 @@ fn run_loop(
                     h.after_step(&mut cx, global_step)?;
                 }
             }
-            if stop.load(Ordering::SeqCst) {
+            if stopping {
+                // Every rank saw a stop request at this step (see `exchange`).
+                stop.store(true, Ordering::SeqCst);
                 drop(loaders);
                 obs.on(Event::Phase("stopping: saving a checkpoint".into()));
                 CheckpointHook::save(&mut t.cx(plan, obs, stop))?;
@@ -338,7 +370,10 @@ fn run_loop(
             h.at_epoch_end(&mut cx, &mut end)?;
         }
         close_epoch(t, &end, epoch_start, spec.optim.epochs)?;
-        end.stopping = stop.load(Ordering::SeqCst) && !last;
+        end.stopping = any(&*t.comm, stop.load(Ordering::SeqCst)) && !last;
+        if end.stopping {
+            stop.store(true, Ordering::SeqCst);
+        }
         let mut cx = t.cx(plan, obs, stop);
         for h in hooks.iter_mut() {
             h.after_epoch(&mut cx, &end)?;
@@ -373,26 +408,124 @@ fn close_epoch(
     let stems: Vec<String> = t.session.runs.iter().map(|r| r.name.stem()).collect();
     let csv = summary_csv(&s.epochs, &stems);
     t.dir.write("summary.csv", csv.as_bytes())?;
-    let labels: Vec<String> = t.session.runs.iter().map(|r| r.name.label()).collect();
-    let svg = crate::figures::curves_svg(
-        &t.dir
-            .path
-            .file_name()
+    // Followers draw nothing: only rank 0 writes the directory's files.
+    if t.dir.is_writer() {
+        let labels: Vec<String> = t.session.runs.iter().map(|r| r.name.label()).collect();
+        let name = (t.dir.path.file_name())
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        &labels,
-        &s.epochs,
-        &s.evals,
-        total_epochs,
-    );
-    t.dir.write("curves.svg", svg.as_bytes())?;
-    t.dir.write("curves.png", &crate::figures::png(&svg)?)?;
+            .unwrap_or_default();
+        let svg = crate::figures::curves_svg(&name, &labels, &s.epochs, &s.evals, total_epochs);
+        t.dir.write("curves.svg", svg.as_bytes())?;
+        t.dir.write("curves.png", &crate::figures::png(&svg)?)?;
+    }
     s.epoch += 1;
     s.step_in_epoch = 0;
     s.epoch_end_merged = false;
     s.epoch_end_mean_t = None;
     if end.last {
         s.finished = true;
+    }
+    Ok(())
+}
+
+/// Whether any rank's `flag` is set (the same answer on every rank).
+fn any(comm: &dyn Collective, flag: bool) -> bool {
+    let mut v = [f64::from(u8::from(flag))];
+    comm.sum_f64(&mut v);
+    v[0] > 0.0
+}
+
+/// Every rank's step of its own runs, made everyone's: the losses, norms and image counts of
+/// all runs, the f16 loss scales, the first non-finite run, and whether any rank was asked
+/// to stop. Each slot has one contributor (the run's owner), so the f64 sum is exact and the
+/// result is the one-process result.
+fn exchange(
+    comm: &dyn Collective,
+    own: std::ops::Range<usize>,
+    runs: usize,
+    local: std::result::Result<Vec<StepOutcome>, NonFinite>,
+    loss_scales: &mut [LossScale],
+    stop: bool,
+) -> (std::result::Result<Vec<StepOutcome>, NonFinite>, bool) {
+    if comm.size() == 1 {
+        return (local, stop);
+    }
+    const PER_RUN: usize = 7;
+    let mut v = vec![0.0f64; runs * PER_RUN + 1];
+    match &local {
+        Ok(outcomes) => {
+            for (k, o) in outcomes.iter().enumerate() {
+                let at = (own.start + k) * PER_RUN;
+                v[at] = o.loss;
+                v[at + 1] = o.grad_norm;
+                v[at + 2] = o.images as f64;
+            }
+        }
+        Err(e) => {
+            let what = if e.what == "the loss" { 1.0 } else { 2.0 };
+            v[(own.start + e.run) * PER_RUN + 3] = what;
+        }
+    }
+    if !loss_scales.is_empty() {
+        for i in own.clone() {
+            let ls = &loss_scales[i];
+            let at = i * PER_RUN;
+            v[at + 4] = ls.scale;
+            v[at + 5] = ls.clean_steps as f64;
+            v[at + 6] = ls.skipped as f64;
+        }
+    }
+    v[runs * PER_RUN] = f64::from(u8::from(stop));
+    comm.sum_f64(&mut v);
+    if !loss_scales.is_empty() {
+        for (i, ls) in loss_scales.iter_mut().enumerate() {
+            let at = i * PER_RUN;
+            *ls = LossScale {
+                scale: v[at + 4],
+                clean_steps: v[at + 5] as u64,
+                skipped: v[at + 6] as u64,
+            };
+        }
+    }
+    let stopping = v[runs * PER_RUN] > 0.0;
+    if let Some(i) = (0..runs).find(|i| v[i * PER_RUN + 3] != 0.0) {
+        let what = if v[i * PER_RUN + 3] == 1.0 {
+            "the loss"
+        } else {
+            "the gradient norm"
+        };
+        return (Err(NonFinite { run: i, what }), stopping);
+    }
+    let outcomes = (0..runs)
+        .map(|i| StepOutcome {
+            loss: v[i * PER_RUN],
+            grad_norm: v[i * PER_RUN + 1],
+            images: v[i * PER_RUN + 2] as usize,
+        })
+        .collect();
+    (Ok(outcomes), stopping)
+}
+
+/// The distributed training this build supports: one rank per run or fewer (each rank trains
+/// a block of whole runs), and no policy that needs every run's optimizer state in one place.
+fn check_distributed(plan: &RunPlan, comm: &dyn Collective) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let runs = plan.spec.run.seeds.len() + plan.spec.baselines.independent_seeds.len();
+    if comm.size() > runs {
+        return Err(TrainError::Distributed(format!(
+            "{} processes for {runs} runs: each process trains whole runs, so launch at most \
+             one per run (several processes per seed are not supported yet)",
+            comm.size()
+        )));
+    }
+    if plan.spec.merge.optimizer_state == clipstock_config::OptimizerStatePolicy::Average {
+        return Err(TrainError::Distributed(
+            "merge.optimizer_state = \"average\" needs every run's AdamW state in one process; \
+             use \"keep\" or \"reset\" with MPI"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -408,14 +541,22 @@ fn non_finite(e: NonFinite, session: &Session, state: &TrainerState) -> TrainErr
 }
 
 /// `results.md`, and unless stopped early the final exports.
-fn finish(plan: &RunPlan, t: Training, stopped_early: bool) -> Result<Outcome> {
+fn finish(plan: &RunPlan, mut t: Training, stopped_early: bool) -> Result<Outcome> {
     let table = results_table(plan, &t.state);
     t.dir.write("results.md", table.as_bytes())?;
     let final_merged = if stopped_early {
         None
     } else {
-        crate::export::final_exports(&t.dir, &t.session)?
+        // Rank 0 writes every run's export, so it needs every run's weights.
+        let n = t.session.runs.len();
+        crate::session::sync_runs(&mut t.session, &*t.comm, 0..n)?;
+        if t.dir.is_writer() {
+            crate::export::final_exports(&t.dir, &t.session)?
+        } else {
+            None
+        }
     };
+    t.comm.barrier();
     Ok(Outcome {
         run_dir: t.dir.path.clone(),
         results_markdown: table,

@@ -56,6 +56,9 @@ pub enum TrainError {
     #[error("compare: {0}")]
     Compare(String),
 
+    #[error("distributed training: {0}")]
+    Distributed(String),
+
     /// A merge outside training (the comparison's soups and interpolations).
     #[error("compare: {0}")]
     CompareMerge(#[from] clipstock_merge::MergeError),

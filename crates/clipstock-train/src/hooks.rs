@@ -17,6 +17,7 @@ use clipstock_model::load::{apply_state, module_state};
 use clipstock_model::{DType, HostTensor, ImageClassifier, StateDict};
 use tracing::{info, info_span};
 
+use crate::dist::Collective;
 use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
 use crate::rundir::{EvalRecord, MergeRecord, Record, RunDir, TrainerState};
@@ -31,6 +32,8 @@ pub struct HookCx<'a> {
     pub dir: &'a mut RunDir,
     pub obs: &'a mut dyn Observer,
     pub stop: &'a Arc<AtomicBool>,
+    /// The processes of a distributed training ([`crate::dist::Single`] in one process).
+    pub comm: &'a dyn Collective,
 }
 
 /// The end of an epoch as the hooks see it; each fills in what it did.
@@ -96,28 +99,42 @@ impl EpochHook for EvalHook {
                 if end.merged_already {
                     return Ok(());
                 }
-                for i in 0..cx.session.runs.len() {
-                    let name = &cx.session.runs[i].name;
-                    // The independent runs are there to be compared, so `eval.runs = false`
-                    // leaves out only the merged ones.
-                    if !name.independent && !cx.plan.eval.section.runs {
-                        continue;
+                let todo: Vec<(usize, String)> = (0..cx.session.runs.len())
+                    .filter_map(|i| {
+                        let name = &cx.session.runs[i].name;
+                        // The independent runs are there to be compared, so `eval.runs =
+                        // false` leaves out only the merged ones.
+                        if !name.independent && !cx.plan.eval.section.runs {
+                            return None;
+                        }
+                        let label = name.label();
+                        // Done before an interruption of this epoch end: same weights, same
+                        // result.
+                        let done = |e: &EvalRecord| e.epoch == end.epoch && e.model == label;
+                        (!cx.state.evals.iter().any(done)).then_some((i, label))
+                    })
+                    .collect();
+                // Each process scores its own runs (at the same time), then the results are
+                // recorded in run order by everyone.
+                let n = cx.session.runs.len();
+                let mut scored: Vec<Option<EvalResults>> = vec![None; todo.len()];
+                for (k, (i, label)) in todo.iter().enumerate() {
+                    if cx.session.own.contains(i) {
+                        let model = cx.session.run_for_eval(*i)?;
+                        scored[k] = Some(score_model(cx, label, &model)?);
                     }
-                    let label = name.label();
-                    // Done before an interruption of this epoch end: same weights, same result.
-                    let done = |e: &EvalRecord| e.epoch == end.epoch && e.model == label;
-                    if cx.state.evals.iter().any(done) {
-                        continue;
-                    }
-                    let model = cx.session.run_for_eval(i)?;
-                    evaluate_model(cx, end.epoch, &label, &model)?;
+                }
+                for (k, (i, label)) in todo.iter().enumerate() {
+                    let owner = crate::dist::owner(n, cx.comm.size(), *i);
+                    let results = share_results(cx.comm, owner, scored[k].take())?;
+                    record_eval(cx, end.epoch, label, results)?;
                 }
             }
             EvalHook::Merged => {
                 // Interruptible too: the checkpoint records that the merge is done, so the
                 // resume goes straight back to this evaluation.
                 if let Some(model) = cx.session.merged_for_eval()? {
-                    let r = evaluate_model(cx, end.epoch, "merged", &model)?;
+                    let r = evaluate_model(cx, end.epoch, "merged", &model, 0)?;
                     end.merged_imagenet = r.get(SetName::ImageNet).map(|s| s.top1);
                     end.merged_ood_mean = r.ood_mean().map(|(m, _)| m);
                 }
@@ -127,15 +144,82 @@ impl EpochHook for EvalHook {
     }
 }
 
-/// Evaluates `model` on the run's sets as `label`, records it and tells the observer. A stop
-/// request interrupts it with [`TrainError::Interrupted`]; the state it leaves is the one
-/// before the evaluation, so a resume redoes just that evaluation.
+/// Evaluates `model` on the run's sets as `label` (on process `owner` of a distributed
+/// training, which shares the result), records it and tells the observer. A stop request
+/// interrupts it with [`TrainError::Interrupted`]; the state it leaves is the one before the
+/// evaluation, so a resume redoes just that evaluation.
 pub fn evaluate_model(
     cx: &mut HookCx<'_>,
     epoch: u64,
     label: &str,
     model: &ImageClassifier,
+    owner: usize,
 ) -> Result<EvalResults> {
+    let local = if cx.comm.rank() == owner {
+        Some(score_model(cx, label, model)?)
+    } else {
+        None
+    };
+    let results = share_results(cx.comm, owner, local)?;
+    record_eval(cx, epoch, label, results.clone())?;
+    Ok(results)
+}
+
+/// `owner`'s evaluation results, on every process.
+fn share_results(
+    comm: &dyn Collective,
+    owner: usize,
+    local: Option<EvalResults>,
+) -> Result<EvalResults> {
+    if comm.size() == 1 {
+        return local.ok_or_else(|| TrainError::Distributed("no evaluation to share".into()));
+    }
+    let mut bytes = local
+        .map(|r| floats_as_bits(r.to_json()).to_string().into_bytes())
+        .unwrap_or_default();
+    comm.broadcast_bytes(owner, &mut bytes);
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        TrainError::Distributed(format!("evaluation results from rank {owner}: {e}"))
+    })?;
+    EvalResults::from_json(&bits_as_floats(value))
+        .map_err(|e| TrainError::Distributed(format!("evaluation results from rank {owner}: {e}")))
+}
+
+/// serde_json's float parsing may miss by one ulp, so floats travel as their bit patterns:
+/// the processes record exactly the owner's numbers.
+fn floats_as_bits(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => Value::String(format!(
+            "f64:{:016x}",
+            n.as_f64().unwrap_or(f64::NAN).to_bits()
+        )),
+        Value::Array(a) => Value::Array(a.into_iter().map(floats_as_bits).collect()),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().map(|(k, v)| (k, floats_as_bits(v))).collect())
+        }
+        other => other,
+    }
+}
+
+fn bits_as_floats(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.starts_with("f64:") => u64::from_str_radix(&s[4..], 16)
+            .ok()
+            .map(f64::from_bits)
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number),
+        Value::Array(a) => Value::Array(a.into_iter().map(bits_as_floats).collect()),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().map(|(k, v)| (k, bits_as_floats(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// Scores `model` on the run's sets (what [`evaluate_model`] records).
+fn score_model(cx: &mut HookCx<'_>, label: &str, model: &ImageClassifier) -> Result<EvalResults> {
     let _span = info_span!("eval", model = label).entered();
     let sets = &cx.session.eval;
     let sources: Vec<SetSource<'_>> = if sets.prepared.is_empty() {
@@ -145,9 +229,11 @@ pub fn evaluate_model(
     };
     let names: Vec<SetName> = sources.iter().map(|s| s.set().name).collect();
     let mut eval_opts = eval_options(&cx.plan.spec);
-    eval_opts.cancel = Some(cx.stop.clone());
+    // Distributed, every process must stop at the same point: a stop waits for the next
+    // step boundary, where the processes agree on it.
+    eval_opts.cancel = (cx.comm.size() == 1).then(|| cx.stop.clone());
     let obs = &mut *cx.obs;
-    let results = evaluate(
+    evaluate(
         model,
         &sources,
         &cx.session.eval_device,
@@ -166,7 +252,11 @@ pub fn evaluate_model(
         },
         None,
     )
-    .map_err(eval_error)?;
+    .map_err(eval_error)
+}
+
+/// Records an evaluation (metrics, the trainer state, the observer).
+fn record_eval(cx: &mut HookCx<'_>, epoch: u64, label: &str, results: EvalResults) -> Result<()> {
     let record = EvalRecord {
         epoch,
         model: label.to_string(),
@@ -185,9 +275,9 @@ pub fn evaluate_model(
     );
     cx.obs.on(Event::EvalDone {
         model: label.to_string(),
-        results: results.clone(),
+        results,
     });
-    Ok(results)
+    Ok(())
 }
 
 /// Model Stock (or the configured method) over the runs' current weights, when
@@ -227,8 +317,10 @@ fn merge_runs(cx: &mut HookCx<'_>, reset_runs: bool) -> Result<Option<f64>> {
     let epoch = cx.state.epoch + 1;
     let step = cx.state.global_step;
     let _span = info_span!("merge", epoch, step).entered();
+    let merged_runs = cx.session.merged_runs;
+    // Every process merges the same weights with the same code, so all hold the same merge.
+    crate::session::sync_runs(cx.session, cx.comm, 0..merged_runs)?;
     let session = &mut *cx.session;
-    let merged_runs = session.merged_runs;
     let states: Vec<StateDict> = session.runs[..merged_runs]
         .iter()
         .map(|r| module_state(&r.model))
@@ -359,9 +451,12 @@ impl CheckpointHook {
         state.has_merge = cx.session.last_merge.is_some();
         state.metrics_len = cx.dir.metrics_len();
         let runs = &cx.session.runs;
+        let own = cx.session.own.clone();
+        let writer = cx.dir.is_writer();
         let last_merge = &cx.session.last_merge;
+        // Each process writes its own runs; rank 0 the merge.
         let write = |tmp: &Path| -> Result<()> {
-            for (i, run) in runs.iter().enumerate() {
+            for (i, run) in runs.iter().enumerate().filter(|(i, _)| own.contains(i)) {
                 run.model
                     .clone()
                     .into_record()
@@ -371,13 +466,13 @@ impl CheckpointHook {
                     .save(tmp.join(format!("run_{}.optim.bpk", i + 1)))
                     .map_err(|e| err(format!("run {} optimizer: {e}", i + 1)))?;
             }
-            if let Some(m) = last_merge {
+            if let Some(m) = last_merge.as_ref().filter(|_| writer) {
                 m.write_safetensors(&tmp.join("merged.safetensors"), Some(DType::F32), None)
                     .map_err(clipstock_model::ModelError::from)?;
             }
             Ok(())
         };
-        let path = cx.dir.save_checkpoint(state, write)?;
+        let path = cx.dir.save_checkpoint(state, cx.comm, write)?;
         cx.obs.on(Event::Checkpoint(path));
         Ok(())
     }

@@ -20,6 +20,7 @@
 //! position, the module and optimizer records and the last merge, all in each checkpoint.
 
 pub mod compare;
+pub mod dist;
 mod driver;
 mod error;
 pub mod events;

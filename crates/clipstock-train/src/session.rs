@@ -25,6 +25,7 @@ use clipstock_model::model::Autocast;
 use clipstock_model::zeroshot::zeroshot_head_from_files;
 use clipstock_model::{BurnDevice, Checkpoint, DeviceSpec, ImageClassifier, StateDict};
 
+use crate::dist::Collective;
 use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
 
@@ -131,6 +132,9 @@ pub struct Session {
     pub runs: Vec<Run>,
     /// How many of `runs` are merged: the first `run.seeds.len()`.
     pub merged_runs: usize,
+    /// The runs this process trains: all of them, or its block in a distributed training
+    /// (the others are copies, refreshed by [`sync_runs`]).
+    pub own: std::ops::Range<usize>,
     /// The held-out split, if the run has one: `holdout.txt`'s text.
     pub holdout_list: Option<String>,
     pub eval_device: Device,
@@ -151,9 +155,18 @@ pub struct Session {
 impl Session {
     /// `stop` interrupts the long parts (the zero-shot head, decoding the evaluation sets)
     /// with [`TrainError::Interrupted`].
-    pub fn build(plan: &RunPlan, stop: &Arc<AtomicBool>, obs: &mut dyn Observer) -> Result<Self> {
+    pub fn build(
+        plan: &RunPlan,
+        stop: &Arc<AtomicBool>,
+        comm: &dyn Collective,
+        obs: &mut dyn Observer,
+    ) -> Result<Self> {
         let spec = &plan.spec;
         let classes = ClassSpace::load(&class_files(&plan.class_files_dir))?;
+        // One writer of the shared image tree; the others find it complete.
+        if comm.rank() != 0 {
+            comm.barrier();
+        }
         match &plan.generate {
             Some(Generate::Quickstart { assets }) => {
                 obs.on(Event::Phase(format!(
@@ -164,8 +177,16 @@ impl Session {
             }
             None => {}
         }
-
-        let eval_device = plan.eval_device.device()?;
+        if comm.rank() == 0 {
+            comm.barrier();
+        }
+        let n_runs = spec.run.seeds.len() + spec.baselines.independent_seeds.len();
+        let own = crate::dist::owned(n_runs, comm.rank(), comm.size());
+        // Distributed, a process computes on one device: its entry of `run.devices` (by its
+        // rank on the machine), or `run.device`; its copies of the other runs live there too.
+        let rank_device = (comm.size() > 1 && plan.per_run_devices)
+            .then(|| plan.devices[comm.local_rank() % plan.devices.len()]);
+        let eval_device = rank_device.unwrap_or(plan.eval_device).device()?;
         let w0 = build_w0(spec, &classes, &eval_device, Some(stop), obs)?;
         let model_size = w0.base.model.visual.image_size() as u32;
         let image_size = spec.data.image_size.unwrap_or(model_size);
@@ -198,6 +219,10 @@ impl Session {
         } = train_samples(spec, &classes)?;
         let mut w0 = w0;
         if spec.model.head == HeadSource::LinearProbe {
+            // Rank 0 probes and keeps the head; the others read it once it is there.
+            if comm.rank() != 0 {
+                comm.barrier();
+            }
             // Probed on the images the runs train on: never the held-out ones.
             let state = crate::linear_probe::probed_state(
                 &w0.base,
@@ -209,12 +234,15 @@ impl Session {
                 stop,
                 obs,
             )?;
+            if comm.rank() == 0 {
+                comm.barrier();
+            }
             w0.base = apply_state(w0.base, &state, "w0 with the probed head")?;
             w0.state = state;
         }
         let mut runs = Vec::new();
         for (name, spec_dev) in RunName::all(spec).into_iter().zip(&plan.devices) {
-            let device = if plan.per_run_devices {
+            let device = if plan.per_run_devices && comm.size() == 1 {
                 spec_dev.device()?
             } else {
                 eval_device.clone()
@@ -233,6 +261,7 @@ impl Session {
             w0,
             runs,
             merged_runs: spec.run.seeds.len(),
+            own,
             holdout_list,
             eval_device,
             train_images: train.len(),
@@ -257,7 +286,7 @@ impl Session {
     ) -> Result<Vec<Loader>> {
         let used = (self.steps_per_epoch as usize) * spec.optim.batch_size;
         let mut loaders = Vec::new();
-        for run in &self.runs {
+        for run in &self.runs[self.own.clone()] {
             let mut order = epoch_order(self.train.len(), run.seed, epoch);
             order.truncate(used);
             let order = order.split_off(start_step as usize * spec.optim.batch_size);
@@ -313,6 +342,36 @@ struct TrainSamples {
 
 /// The training folder minus the held-out split (drawn from the whole folder, as model-soups'
 /// mask is), then `data.train_limit` of what is left.
+/// Every process's copy of the runs in `range` made its owner's, bit for bit (distributed
+/// training; nothing to do in one process). The owner sends each tensor; the others write it
+/// into their copy through `apply_state`, keeping its `ParamId`s.
+pub fn sync_runs(
+    session: &mut Session,
+    comm: &dyn Collective,
+    range: std::ops::Range<usize>,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let n = session.runs.len();
+    for i in range {
+        let owner = crate::dist::owner(n, comm.size(), i);
+        let mut state = module_state(&session.runs[i].model);
+        let names: Vec<String> = state.names().map(str::to_string).collect();
+        for name in &names {
+            if let Some(t) = state.get_mut(name) {
+                comm.broadcast_f32(owner, &mut t.data);
+            }
+        }
+        if comm.rank() != owner {
+            let run = &mut session.runs[i];
+            let model = std::mem::replace(&mut run.model, session.w0.base.clone());
+            run.model = apply_state(model, &state, &format!("run {}", i + 1))?;
+        }
+    }
+    Ok(())
+}
+
 fn train_samples(spec: &RunSpec, classes: &ClassSpace) -> Result<TrainSamples> {
     let set = open_train_set(&spec.data.root, classes)?;
     let split = match (&spec.data.holdout_file, spec.data.holdout_per_class) {

@@ -265,8 +265,13 @@ fn the_held_out_split_is_never_trained_on_and_is_evaluated() {
         ],
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let session =
-        clipstock_train::session::Session::build(&plan, &stop, &mut Quiet).expect("session");
+    let session = clipstock_train::session::Session::build(
+        &plan,
+        &stop,
+        &clipstock_train::dist::Single,
+        &mut Quiet,
+    )
+    .expect("session");
     train(&plan, &options(false, false), &mut Quiet).expect("train");
     let dir = tmp.path().join("holdout");
     let list = std::fs::read_to_string(dir.join("holdout.txt")).expect("holdout.txt");

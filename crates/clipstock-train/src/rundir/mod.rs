@@ -27,9 +27,11 @@ pub const TRAIN_LOG: &str = "train.log";
 
 pub struct RunDir {
     pub path: PathBuf,
-    metrics: File,
-    /// Held for as long as the directory is open (see `lock.rs`).
-    lock: RunLock,
+    /// None in a follower (a rank other than 0 of a distributed training), which writes
+    /// only its runs' checkpoint files.
+    metrics: Option<File>,
+    /// Held for as long as the directory is open (see `lock.rs`); rank 0 holds it for all.
+    lock: Option<RunLock>,
 }
 
 /// Where training stands; saved with every checkpoint.
@@ -214,9 +216,25 @@ impl RunDir {
         Self::open_metrics(path, lock)
     }
 
-    /// The directory's lock, to hold beyond this value's life.
-    pub fn lock(&self) -> RunLock {
+    /// The directory's lock, to hold beyond this value's life (None in a follower).
+    pub fn lock(&self) -> Option<RunLock> {
         self.lock.clone()
+    }
+
+    /// The view of the run directory of a rank other than 0 of a distributed training:
+    /// rank 0 created and locked it, writes its shared files and commits checkpoints; this
+    /// rank writes only its own runs' checkpoint files.
+    pub fn follower(path: &Path) -> RunDir {
+        RunDir {
+            path: path.to_path_buf(),
+            metrics: None,
+            lock: None,
+        }
+    }
+
+    /// Whether this process writes the directory's shared files (rank 0).
+    pub fn is_writer(&self) -> bool {
+        self.metrics.is_some()
     }
 
     fn open_metrics(path: &Path, lock: RunLock) -> Result<RunDir> {
@@ -228,20 +246,24 @@ impl RunDir {
             .map_err(io("open", &m))?;
         Ok(RunDir {
             path: path.to_path_buf(),
-            metrics,
-            lock,
+            metrics: Some(metrics),
+            lock: Some(lock),
         })
     }
 
     pub fn metrics_len(&self) -> u64 {
-        self.metrics.metadata().map(|m| m.len()).unwrap_or(0)
+        (self.metrics.as_ref())
+            .and_then(|m| m.metadata().ok())
+            .map_or(0, |m| m.len())
     }
 
     /// Cuts `metrics.jsonl` back to `len` bytes (the resume point).
     pub fn truncate_metrics(&mut self, len: u64) -> Result<()> {
-        if self.metrics_len() > len {
+        if self.metrics_len() > len
+            && let Some(m) = &self.metrics
+        {
             let p = self.path.join("metrics.jsonl");
-            self.metrics.set_len(len).map_err(io("truncate", p))?;
+            m.set_len(len).map_err(io("truncate", p))?;
         }
         Ok(())
     }
@@ -252,17 +274,24 @@ impl RunDir {
 
     /// Appends one record to `metrics.jsonl` (flushed: a killed run keeps its lines).
     pub fn record(&mut self, record: &Record) -> Result<()> {
+        let Some(metrics) = &mut self.metrics else {
+            return Ok(());
+        };
         let p = self.path.join("metrics.jsonl");
         let line = record.to_line();
-        self.metrics
+        metrics
             .write_all(line.as_bytes())
-            .and_then(|_| self.metrics.flush())
+            .and_then(|_| metrics.flush())
             .map_err(io("append to", p))?;
         fault::point("metrics.appended");
         Ok(())
     }
 
+    /// Replaces one of the directory's files (nothing in a follower).
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if !self.is_writer() {
+            return Ok(());
+        }
         write_atomic(&self.path.join(name), bytes)
     }
 
@@ -278,24 +307,39 @@ impl RunDir {
     /// Writes a checkpoint: `write` fills a fresh temporary folder (file by file, so a large
     /// model is never held twice in memory), every file there is fsynced, the folder is renamed
     /// into place, then `latest.json` names it and older checkpoint folders are removed.
+    ///
+    /// Distributed (`comm` of more than one rank), rank 0 prepares the folder, every rank
+    /// writes its own files into it, and rank 0 commits it once all have (a barrier between
+    /// each): every rank returns after the commit.
     pub fn save_checkpoint(
         &self,
         state: &TrainerState,
+        comm: &dyn crate::dist::Collective,
         write: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PathBuf> {
         let root = self.path.join("checkpoints");
         let final_dir = root.join(&state.dir);
-        // Leftovers of an interrupted or failed checkpoint are never referenced: drop them.
-        if let Ok(entries) = fs::read_dir(&root) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let _ = fs::remove_dir_all(e.path());
+        let tmp = root.join(format!(".tmp-{}", state.dir));
+        if self.is_writer() {
+            // Leftovers of an interrupted or failed checkpoint are never referenced: drop them.
+            if let Ok(entries) = fs::read_dir(&root) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
                 }
             }
+            fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
         }
-        let tmp = root.join(format!(".tmp-{}", state.dir));
-        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-        let written = write(&tmp).and_then(|()| sync_folder_files(&tmp));
+        comm.barrier();
+        let written = write(&tmp);
+        comm.barrier();
+        if !self.is_writer() {
+            written?;
+            comm.barrier();
+            return Ok(final_dir);
+        }
+        let written = written.and_then(|()| sync_folder_files(&tmp));
         if let Err(e) = written {
             // A full disk must not leave a half folder behind either.
             let _ = fs::remove_dir_all(&tmp);
@@ -324,6 +368,7 @@ impl RunDir {
                 }
             }
         }
+        comm.barrier();
         Ok(final_dir)
     }
 }

@@ -40,5 +40,6 @@ pub fn options(resume: bool, stop: bool) -> TrainOptions {
     TrainOptions {
         resume,
         stop: Arc::new(AtomicBool::new(stop)),
+        comm: None,
     }
 }

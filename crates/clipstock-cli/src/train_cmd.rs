@@ -152,7 +152,7 @@ fn distributed() -> Option<clipstock_train::dist::Comm> {
     if comm.size() == 1 {
         return None;
     }
-    Some(std::sync::Arc::new(comm))
+    Some(std::rc::Rc::new(comm))
 }
 
 #[cfg(not(feature = "mpi"))]

@@ -2,34 +2,22 @@
 //! greedy soup selecting on held-out images only; the figure; resuming a finished part.
 
 mod common;
-use common::{assert_ok, clipstock};
+use common::{assert_ok, clipstock, small_quickstart};
 
 use std::path::Path;
 
 use serde_json::Value;
 
+/// The small quickstart (tests/common) as a comparison: two independent fine-tunes, 4 held-out
+/// images per class, evaluated only at the end.
 fn compare_args(out: &Path, name: &str) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "compare".into(),
-        "--config".into(),
-        "configs/quickstart_compare.toml".into(),
-    ];
-    for s in [
-        format!("run.name={name}"),
-        format!("run.output_dir={}", out.display()),
-        format!("data.root={}", out.join("data").display()),
-        "data.holdout_per_class=4".into(),
-        "data.train_limit=96".into(),
-        "data.workers=2".into(),
-        "optim.epochs=2".into(),
-        "optim.batch_size=16".into(),
-        "optim.warmup_steps=2".into(),
-        "eval.limit_per_set=24".into(),
-        "eval.every_epochs=0".into(),
-    ] {
-        args.push("--set".into());
-        args.push(s);
-    }
+    let mut args = small_quickstart(
+        out,
+        name,
+        &["data.holdout_per_class=4", "eval.every_epochs=0"],
+    );
+    args[0] = "compare".into();
+    args[2] = "configs/quickstart_compare.toml".into();
     args
 }
 

@@ -13,7 +13,7 @@
 //! commit's run is reproducible. A failure prints the seed and the case.
 
 mod common;
-use common::root;
+use common::{records, root};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -100,30 +100,6 @@ fn hit_counts(log: &Path) -> BTreeMap<String, u64> {
         *counts.entry(l.to_owned()).or_insert(0) += 1;
     }
     counts
-}
-
-/// `metrics.jsonl` as comparable records: resume markers dropped, timings removed.
-fn records(run_dir: &Path) -> Vec<serde_json::Value> {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("seconds");
-                m.remove("images_per_sec");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics.jsonl");
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines"))
-        .filter(|v| v["kind"] != "resume")
-        .map(|mut v| {
-            strip(&mut v);
-            v
-        })
-        .collect()
 }
 
 /// `summary.csv` without its `seconds` column.

@@ -8,7 +8,7 @@
 #![cfg(feature = "mpi")]
 
 mod common;
-use common::{assert_ok, clipstock, root, small_quickstart, wait_for_step};
+use common::{assert_ok, clipstock, records, root, small_quickstart, wait_for_step};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -42,30 +42,6 @@ fn describe(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// `metrics.jsonl` without timings and resume markers (what a process split cannot change).
-fn records(run_dir: &Path) -> Vec<serde_json::Value> {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("seconds");
-                m.remove("images_per_sec");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics.jsonl");
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] != "resume")
-        .map(|mut v| {
-            strip(&mut v);
-            v
-        })
-        .collect()
 }
 
 const SAME_BYTES: [&str; 6] = [

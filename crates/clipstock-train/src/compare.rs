@@ -115,7 +115,18 @@ pub fn compare(
     check(plan)?;
     let dir = plan.run_dir.clone();
     let started = dir.join("checkpoints").join("latest.json").is_file();
-    let finished = started && RunReader::open(&dir)?.state.finished;
+    // A run killed after its last checkpoint but before its exports resumes into them.
+    let mut exports = vec![
+        "w0.safetensors".to_string(),
+        "merged_final.safetensors".into(),
+    ];
+    exports.extend(
+        RunName::all(&plan.spec)
+            .iter()
+            .map(|n| format!("{}_final.safetensors", n.stem())),
+    );
+    let exported = exports.iter().all(|f| dir.join(f).is_file());
+    let finished = started && exported && RunReader::open(&dir)?.state.finished;
     if !finished {
         let opts = TrainOptions {
             resume: started,

@@ -14,7 +14,7 @@
 //! over ranks ends bitwise where the one-process run ends.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// What the trainer asks of the other processes. Each call is collective: every rank makes
 /// the same calls in the same order.
@@ -51,11 +51,12 @@ impl Collective for Single {
     fn sum_f64(&self, _data: &mut [f64]) {}
 }
 
-pub type Comm = Arc<dyn Collective>;
+/// Shared by the trainer's parts within one thread (MPI handles are not `Send`).
+pub type Comm = Rc<dyn Collective>;
 
 /// The one-process communicator.
 pub fn single() -> Comm {
-    Arc::new(Single)
+    Rc::new(Single)
 }
 
 /// The runs `rank` of `size` trains: a contiguous block, the first ranks taking one more when

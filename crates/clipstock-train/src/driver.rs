@@ -184,11 +184,10 @@ fn start(
     obs: &mut dyn Observer,
 ) -> Result<Training> {
     let session = Session::build(plan, &opts.stop, &*comm, obs)?;
-    if let Some(list) = &session.holdout_list {
+    // Rank 0 writes the split, and checks it on resume.
+    if let Some(list) = session.holdout_list.as_ref().filter(|_| dir.is_writer()) {
         let path = dir.file(HOLDOUT_LIST);
-        if !dir.is_writer() {
-            // Rank 0 writes and checks it.
-        } else if opts.resume && path.exists() {
+        if opts.resume && path.exists() {
             let stored = std::fs::read_to_string(&path).map_err(io("read", &path))?;
             if stored != *list {
                 return Err(TrainError::Checkpoint {

@@ -114,6 +114,15 @@ impl EpochHook for EvalHook {
                         (!cx.state.evals.iter().any(done)).then_some((i, label))
                     })
                     .collect();
+                if cx.comm.size() == 1 {
+                    // Each recorded as soon as it is scored: a stop during the next keeps it.
+                    for (i, label) in &todo {
+                        let model = cx.session.run_for_eval(*i)?;
+                        let results = score_model(cx, label, &model)?;
+                        record_eval(cx, end.epoch, label, results)?;
+                    }
+                    return Ok(());
+                }
                 // Each process scores its own runs (at the same time), then the results are
                 // recorded in run order by everyone.
                 let n = cx.session.runs.len();

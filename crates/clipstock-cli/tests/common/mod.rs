@@ -102,3 +102,28 @@ pub fn wait_for_step(metrics: &Path, global_step: u64, child: &mut std::process:
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `metrics.jsonl` as comparable records: resume markers dropped, timings removed (what an
+/// interruption or a split over processes cannot keep equal).
+pub fn records(run_dir: &Path) -> Vec<serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("seconds");
+                m.remove("images_per_sec");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines"))
+        .filter(|v| v["kind"] != "resume")
+        .map(|mut v| {
+            strip(&mut v);
+            v
+        })
+        .collect()
+}

@@ -1,6 +1,7 @@
 //! Training over MPI processes on loopback (`--features mpi`, Open MPI's `mpirun`): one
 //! process per run ends bitwise where the one-process run ends, a killed process stops the
-//! job, and a resume of the killed job ends bitwise there too.
+//! job, Ctrl-C on mpirun stops it with a checkpoint, and a resume of either ends bitwise there
+//! too.
 //!
 //! Run with `cargo test --release --workspace --features clipstock-cli/mpi --test mpi`; needs
 //! `mpirun` (Debian: `openmpi-bin libopenmpi-dev`).
@@ -153,6 +154,45 @@ fn one_process_per_run_is_bitwise_the_one_process_run_and_a_killed_process_stops
     let o = output(mpirun(2, &resume));
     assert!(o.status.success(), "resume: {}", describe(&o));
     assert_same_run(&single, &dir, "killed, then resumed with mpirun -np 2");
+
+    // Ctrl-C on mpirun: it sends SIGTERM to every process, they agree on a stop at the next
+    // step, save a checkpoint together and exit; the resume ends bitwise where it should. Ten
+    // times the images, so the signal arrives well before the end.
+    let long = ["optim.epochs=3", "data.train_limit=960"];
+    assert_ok(&clipstock(&small_quickstart(
+        tmp.path(),
+        "single_long",
+        &long,
+    )));
+    let single = tmp.path().join("single_long");
+    let args = small_quickstart(tmp.path(), "interrupted", &long);
+    let mut job = mpirun(2, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let dir = tmp.path().join("interrupted");
+    wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
+    let sent = Command::new("kill")
+        .args(["-INT", &job.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let o = job.wait_with_output().expect("mpirun ends");
+    assert!(!o.status.success(), "a stopped job does not report success");
+    let latest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("checkpoints/latest.json")).expect("latest.json"),
+    )
+    .expect("json");
+    assert!(
+        latest["global_step"].as_u64() >= Some(8) && latest["finished"] == false,
+        "the stop's checkpoint: {latest}"
+    );
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let o = output(mpirun(2, &resume));
+    assert!(o.status.success(), "resume: {}", describe(&o));
+    assert_same_run(&single, &dir, "Ctrl-C on mpirun, then resumed");
 }
 
 #[test]

@@ -78,11 +78,12 @@ impl EvalResults {
     /// The plain mean of the shift sets present (SPEC.md §5: unweighted over the five shifts)
     /// and how many were present; `None` when no shift set was evaluated.
     pub fn ood_mean(&self) -> Option<(f64, usize)> {
-        let shifts: Vec<f64> = self
-            .sets
+        // Summed in the table's order, not the evaluation's: the same results read back from
+        // JSON (whose keys are sorted) give the same mean to the last bit.
+        let shifts: Vec<f64> = SetName::ALL
             .iter()
-            .filter(|r| r.set.is_shift())
-            .map(|r| r.top1)
+            .filter(|s| s.is_shift())
+            .filter_map(|s| self.get(*s).map(|r| r.top1))
             .collect();
         if shifts.is_empty() {
             None

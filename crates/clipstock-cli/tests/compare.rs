@@ -205,6 +205,24 @@ fn compare_scores_every_method_selects_greedy_on_held_out_images_and_draws_the_f
         std::fs::read(&uniform_out).expect("soup") == std::fs::read(&merge_out).expect("merge"),
         "the uniform soup is `merge --method uniform`"
     );
+    // A folder of class folders as the held-out images, with its label space.
+    let folder_out = tmp.path().join("folder.safetensors");
+    let mut args = vec!["soup".to_string(), "--greedy".into(), "--holdout".into()];
+    args.push(tmp.path().join("data/imagenet/val").display().to_string());
+    args.extend(["--class-dir".into(), "data/quickstart".into()]);
+    args.extend([
+        "--out".into(),
+        folder_out.display().to_string(),
+        "--models".into(),
+    ]);
+    args.extend(models.iter().cloned());
+    assert_ok(&clipstock(&args));
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("folder.json")).expect("soup report"),
+    )
+    .expect("json");
+    assert_eq!(report["holdout_top1"].as_array().map(Vec::len), Some(2));
+    assert!(folder_out.is_file());
     let mut args = vec![
         "soup".to_string(),
         "--greedy".into(),

@@ -21,6 +21,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Below this many elements a tensor is updated on the calling thread (a thread costs more).
 const PARALLEL_MIN: usize = 1 << 16;
 
+thread_local! {
+    /// The factor every gradient is multiplied by inside the update, set around one
+    /// optimizer step by [`with_grad_scale`]. burn's `Optimizer::step` has no per-step
+    /// argument for it, and `ModuleOptimizer` steps every parameter on the calling thread.
+    static GRAD_SCALE: std::cell::Cell<Option<f32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `step` (a `ModuleOptimizer::step` of a FusedAdamW) with every gradient multiplied by
+/// `factor` first: the global-norm clipping factor rides in AdamW's own pass instead of a
+/// pass of its own over all the gradients. `g * factor` is computed in f32, as
+/// `clip_grads_on_device`'s multiplication by its one-element factor is.
+pub fn with_grad_scale<R>(factor: f32, step: impl FnOnce() -> R) -> R {
+    let previous = GRAD_SCALE.replace(Some(factor));
+    let out = step();
+    GRAD_SCALE.set(previous);
+    out
+}
+
 #[derive(Clone)]
 pub struct FusedAdamW {
     /// burn's AdamW with the same settings: the step on devices without a host path.
@@ -49,7 +67,7 @@ impl FusedAdamW {
     }
 
     /// The scalars of one step, rounded as burn rounds them.
-    fn scalars(&self, lr: LearningRate, time: usize) -> Scalars {
+    fn scalars(&self, lr: LearningRate, time: usize, grad_scale: Option<f32>) -> Scalars {
         let time = time as i32;
         let decay_rate = lr * (self.weight_decay as f64);
         Scalars {
@@ -62,6 +80,7 @@ impl FusedAdamW {
             epsilon: self.epsilon,
             decay: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
             lr: lr as f32,
+            grad_scale,
         }
     }
 }
@@ -77,12 +96,17 @@ struct Scalars {
     epsilon: f32,
     decay: Option<f32>,
     lr: f32,
+    grad_scale: Option<f32>,
 }
 
 /// One element of burn's AdamW, in its order of operations. `first`: no state yet (the moments
 /// start from the gradient alone, as burn initialises them).
 #[inline(always)]
 fn update(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, s: &Scalars, first: bool) {
+    let g = match s.grad_scale {
+        Some(f) => g * f,
+        None => g,
+    };
     if first {
         *m = g * s.factor_1;
         *v = (g * g) * s.factor_2;
@@ -166,7 +190,12 @@ impl Optimizer for FusedAdamW {
                     && s.momentum.moment_1.dtype() == BurnDType::F32
                     && s.momentum.moment_2.dtype() == BurnDType::F32
             });
+        let grad_scale = GRAD_SCALE.get();
         if !usable {
+            let grad = match grad_scale {
+                Some(f) => grad.mul_scalar(f),
+                None => grad,
+            };
             return self.inner.step(lr, tensor, grad, state);
         }
         let shape = tensor.shape();
@@ -202,9 +231,13 @@ impl Optimizer for FusedAdamW {
                     max_moment_2: None,
                 },
             });
-            return self.inner.step(lr, back(p), back(g), state);
+            let grad = match grad_scale {
+                Some(f) => back(g).mul_scalar(f),
+                None => back(g),
+            };
+            return self.inner.step(lr, back(p), grad, state);
         };
-        let s = self.scalars(lr, time);
+        let s = self.scalars(lr, time, grad_scale);
         update_all(p_host, g_host, m_host, v_host, &s, first);
         #[cfg(test)]
         FUSED_TENSORS.fetch_add(1, Ordering::Relaxed);
@@ -299,6 +332,30 @@ mod tests {
             FUSED_TENSORS.load(Ordering::Relaxed) >= before + 4,
             "weight and bias, twice"
         );
+    }
+
+    /// A gradient scale is `g * f` in f32 before burn's arithmetic.
+    #[test]
+    fn a_gradient_scale_is_the_update_of_the_scaled_gradient() {
+        let device = Device::flex();
+        let n = 2 * (PARALLEL_MIN / 2 + 11);
+        let mut rng = clipstock_tensors::SplitMix64(3);
+        let p: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0)).collect();
+        let g: Vec<f32> = (0..n).map(|_| rng.range(-5.0, 5.0)).collect();
+        let f = 0.123_456_79f32;
+        let scaled: Vec<f32> = g.iter().map(|x| x * f).collect();
+        let fused = FusedAdamW::new(0.9, 0.999, 1e-8, 0.1);
+        let (x, sx) = with_grad_scale(f, || {
+            fused.step(1e-3, tensor(&p, &device), tensor(&g, &device), None)
+        });
+        let (y, sy) = fused
+            .inner
+            .step(1e-3, tensor(&p, &device), tensor(&scaled, &device), None);
+        assert_eq!(values(x), values(y));
+        let (mx, my) = (sx.expect("state"), sy.expect("state"));
+        assert_eq!(values(mx.momentum.moment_2), values(my.momentum.moment_2));
+        // The scale ends with the call.
+        assert_eq!(GRAD_SCALE.get(), None);
     }
 
     #[test]

@@ -221,6 +221,16 @@ impl StepRunner {
             return Some(q);
         }
         if let (Some(max), Some(norm)) = (self.grad_clip_norm, &q.norm) {
+            if run.device == Device::flex().autodiff() {
+                // On flex the factor rides in the fused AdamW's pass (one pass over 88M
+                // gradients fewer); reading the norm is free there, flex computes eagerly.
+                let factor = clip_factor(scalar(norm.clone()) as f32, max);
+                let model = std::mem::replace(&mut run.model, placeholder.clone());
+                let optim = &mut run.optim;
+                run.model =
+                    crate::fused_adamw::with_grad_scale(factor, || optim.step(lr, model, grads));
+                return Some(q);
+            }
             clip_grads_on_device(&run.model, &mut grads, norm, max);
         }
         let model = std::mem::replace(&mut run.model, placeholder.clone());
@@ -338,6 +348,12 @@ pub fn grad_norm_tensor<M: Module>(module: &M, grads: &GradientsParams) -> Optio
 
 /// PyTorch's `clip_grad_norm_` on the device: every gradient times
 /// `min(1, max_norm / (norm + 1e-6))` (exactly 1 when the norm is below the limit).
+/// `clip_grads_on_device`'s factor, `min(1, max / (norm + 1e-6))`, in the same f32 steps on
+/// the host (the scalars rounded to f32 as flex rounds them).
+pub fn clip_factor(norm: f32, max_norm: f64) -> f32 {
+    ((norm + 1e-6f32).recip() * (max_norm as f32)).min(1.0)
+}
+
 pub fn clip_grads_on_device<M: Module>(
     module: &M,
     grads: &mut GradientsParams,
@@ -558,6 +574,27 @@ mod tests {
             mixup_lambda(0.2, 1, 3, 18),
         ];
         assert!(others.iter().all(|&o| o != l), "{l} {others:?}");
+    }
+
+    /// The host factor is the device factor, bit for bit, over norms below, at and above the
+    /// limit.
+    #[test]
+    fn the_host_clip_factor_is_the_device_factor() {
+        let device = Device::flex();
+        for &n in &[
+            0.0f32, 1e-7, 0.3, 0.999_999, 1.0, 1.000_001, 1.7, 12.345, 3.0e4,
+        ] {
+            for &max in &[1.0f64, 0.5, 2.0] {
+                let t = Tensor::<1>::from_data(TensorData::new(vec![n], [1]), &device);
+                let dev = (t + 1e-6).recip().mul_scalar(max).clamp_max(1.0);
+                let dev: Vec<f32> = dev.into_data().try_into_vec().expect("f32");
+                assert_eq!(
+                    dev[0].to_bits(),
+                    clip_factor(n, max).to_bits(),
+                    "norm {n}, max {max}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -308,7 +308,6 @@ fn time_train(
             independent: false,
             number: 1,
         },
-        seed: 1,
         device: device.clone(),
         model,
         optim: adamw(&optim),

@@ -75,14 +75,7 @@ fn compare_scores_every_method_selects_greedy_on_held_out_images_and_draws_the_f
     // Real evaluations: every set with its images counted, the held-out split included (4 per
     // class, 10 classes), and the sweeps' ends equal to the models they interpolate.
     for r in &first {
-        for set in [
-            "imagenet",
-            "imagenet_v2",
-            "imagenet_sketch",
-            "imagenet_r",
-            "imagenet_a",
-            "objectnet",
-        ] {
+        for set in clipstock_config::EVAL_SETS {
             assert!(
                 r["results"][set]["count"].as_u64().unwrap_or(0) > 0,
                 "{} {set}",

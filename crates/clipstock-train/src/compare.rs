@@ -157,7 +157,7 @@ pub fn compare(
     write_atomic(&out.join("results.json"), json.as_bytes())?;
     let svg = crate::figures::id_vs_ood_svg(&plan.spec.run.name, &c.rows);
     write_atomic(&out.join("id_vs_ood.svg"), svg.as_bytes())?;
-    let png = crate::figures::png(&svg)?;
+    let png = crate::figures::png(&svg, &out.join("id_vs_ood.png"))?;
     write_atomic(&out.join("id_vs_ood.png"), &png)?;
     Ok(CompareOutcome {
         dir: out,

@@ -241,9 +241,8 @@ fn run_loop(
     let spec = &plan.spec;
     // Also on resume: a run stopped during the zero-shot evaluation still gets its row.
     if plan.eval.section.zero_shot && !t.state.evals.iter().any(|e| e.model == "zero-shot") {
-        let base = t.session.w0.base.clone();
         let mut cx = t.cx(plan, obs, stop);
-        evaluate_model(&mut cx, 0, "zero-shot", &base, 0)?;
+        evaluate_model(&mut cx, 0, "zero-shot", 0, |s| Ok(s.w0.base.clone()))?;
         CheckpointHook::save(&mut cx)?;
     }
     let mut runner = StepRunner {
@@ -415,7 +414,10 @@ fn close_epoch(
             .unwrap_or_default();
         let svg = crate::figures::curves_svg(&name, &labels, &s.epochs, &s.evals, total_epochs);
         t.dir.write("curves.svg", svg.as_bytes())?;
-        t.dir.write("curves.png", &crate::figures::png(&svg)?)?;
+        t.dir.write(
+            "curves.png",
+            &crate::figures::png(&svg, &t.dir.file("curves.png"))?,
+        )?;
     }
     s.epoch += 1;
     s.step_in_epoch = 0;
@@ -532,7 +534,7 @@ fn check_distributed(plan: &RunPlan, comm: &dyn Collective) -> Result<()> {
 fn non_finite(e: NonFinite, session: &Session, state: &TrainerState) -> TrainError {
     TrainError::NonFinite {
         run: session.runs[e.run].name.label(),
-        seed: session.runs[e.run].seed,
+        seed: session.runs[e.run].name.seed,
         what: e.what,
         epoch: state.epoch + 1,
         step: state.step_in_epoch + 1,

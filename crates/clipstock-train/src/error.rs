@@ -59,6 +59,9 @@ pub enum TrainError {
     #[error("distributed training: {0}")]
     Distributed(String),
 
+    #[error("cannot render the figure `{path}`: {reason}")]
+    Figure { path: PathBuf, reason: String },
+
     /// A merge outside training (the comparison's soups and interpolations).
     #[error("compare: {0}")]
     CompareMerge(#[from] clipstock_merge::MergeError),

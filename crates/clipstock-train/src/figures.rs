@@ -18,9 +18,12 @@ const TITLE_SIZE: f64 = 18.0;
 const TEXT_SIZE: f64 = 14.0;
 const GREY: Rgb = [127, 127, 127];
 
-/// An SVG this module drew, as a PNG of the same size.
-pub fn png(svg: &str) -> Result<Vec<u8>> {
-    svg_to_png(svg, 1.0).map_err(|e| TrainError::Compare(format!("cannot render a figure: {e}")))
+/// An SVG this module drew, as a PNG of the same size, for the file `path`.
+pub fn png(svg: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    svg_to_png(svg, 1.0).map_err(|e| TrainError::Figure {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// `(lo, hi)` covering `values` with a margin of `pad` of the span (a flat range gets ±1).
@@ -392,7 +395,7 @@ mod tests {
         assert_eq!(svg.matches("<title>").count(), rows.len(), "{svg}");
         assert!(svg.contains("<polyline"));
         assert!(svg.contains(">greedy soup<"));
-        let png = png(&svg).expect("renders");
+        let png = png(&svg, std::path::Path::new("t.png")).expect("renders");
         assert!(png.starts_with(b"\x89PNG"));
     }
 
@@ -429,9 +432,13 @@ mod tests {
         let svg = curves_svg("q", &runs, &epochs, &evals, 2);
         assert!(svg.contains(">training loss<") && svg.contains(">merge: mean t<"));
         assert!(svg.contains("merged: 70.0000"));
-        assert!(png(&svg).expect("renders").starts_with(b"\x89PNG"));
+        assert!(
+            png(&svg, std::path::Path::new("c.png"))
+                .expect("renders")
+                .starts_with(b"\x89PNG")
+        );
         let empty = curves_svg("q", &runs, &[], &[], 3);
         assert!(empty.contains("nothing recorded yet"));
-        assert!(png(&empty).is_ok());
+        assert!(png(&empty, std::path::Path::new("c.png")).is_ok());
     }
 }

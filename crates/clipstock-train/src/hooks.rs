@@ -142,8 +142,11 @@ impl EpochHook for EvalHook {
             EvalHook::Merged => {
                 // Interruptible too: the checkpoint records that the merge is done, so the
                 // resume goes straight back to this evaluation.
-                if let Some(model) = cx.session.merged_for_eval()? {
-                    let r = evaluate_model(cx, end.epoch, "merged", &model, 0)?;
+                if cx.session.last_merge.is_some() {
+                    let r = evaluate_model(cx, end.epoch, "merged", 0, |s| {
+                        s.merged_for_eval()?
+                            .ok_or_else(|| TrainError::Distributed("no merge to evaluate".into()))
+                    })?;
                     end.merged_imagenet = r.get(SetName::ImageNet).map(|s| s.top1);
                     end.merged_ood_mean = r.ood_mean().map(|(m, _)| m);
                 }
@@ -153,19 +156,21 @@ impl EpochHook for EvalHook {
     }
 }
 
-/// Evaluates `model` on the run's sets as `label` (on process `owner` of a distributed
-/// training, which shares the result), records it and tells the observer. A stop request
+/// Evaluates the model `model` builds on the run's sets as `label` (on process `owner` of a
+/// distributed training, which alone builds it and shares the result), records it and tells
+/// the observer. A stop request
 /// interrupts it with [`TrainError::Interrupted`]; the state it leaves is the one before the
 /// evaluation, so a resume redoes just that evaluation.
 pub fn evaluate_model(
     cx: &mut HookCx<'_>,
     epoch: u64,
     label: &str,
-    model: &ImageClassifier,
     owner: usize,
+    model: impl FnOnce(&Session) -> Result<ImageClassifier>,
 ) -> Result<EvalResults> {
     let local = if cx.comm.rank() == owner {
-        Some(score_model(cx, label, model)?)
+        let model = model(cx.session)?;
+        Some(score_model(cx, label, &model)?)
     } else {
         None
     };

@@ -82,8 +82,8 @@ impl RunName {
 
 /// One fine-tuning run: its seed, device, weights and AdamW state.
 pub struct Run {
+    /// The run's seed is `name.seed`.
     pub name: RunName,
-    pub seed: u64,
     /// The run's autodiff device.
     pub device: Device,
     pub model: ImageClassifier,
@@ -100,7 +100,6 @@ impl Run {
         let model = apply_state(w0.base.clone(), &w0.state, "w0")?;
         let model = model.fork(&device.clone().autodiff()).train();
         Ok(Run {
-            seed: name.seed,
             name,
             device: device.clone().autodiff(),
             model,
@@ -287,7 +286,7 @@ impl Session {
         let used = (self.steps_per_epoch as usize) * spec.optim.batch_size;
         let mut loaders = Vec::new();
         for run in &self.runs[self.own.clone()] {
-            let mut order = epoch_order(self.train.len(), run.seed, epoch);
+            let mut order = epoch_order(self.train.len(), run.name.seed, epoch);
             order.truncate(used);
             let order = order.split_off(start_step as usize * spec.optim.batch_size);
             let transform = Transform::Train(TrainTransform {
@@ -309,7 +308,7 @@ impl Session {
                     batch_size: micro,
                     workers: spec.data.workers,
                     prefetch: spec.data.prefetch.max(1),
-                    seed: run.seed,
+                    seed: run.name.seed,
                     epoch,
                     limits: DecodeLimits::default(),
                 },

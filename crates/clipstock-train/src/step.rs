@@ -110,7 +110,7 @@ impl StepRunner {
     ) -> Result<Vec<StepOutcome>, NonFinite> {
         let mut queued = Vec::with_capacity(runs.len());
         for (i, (run, source)) in runs.iter_mut().zip(batches.iter_mut()).enumerate() {
-            let _span = info_span!("run", run = i + 1, seed = run.seed).entered();
+            let _span = info_span!("run", run = i + 1, seed = run.name.seed).entered();
             queued.push(self.queue(i, run, source, lr, loss_scales.get_mut(i), placeholder));
         }
         for (i, q) in queued.iter_mut().enumerate() {
@@ -119,7 +119,7 @@ impl StepRunner {
                 && let Some(ls) = loss_scales.get_mut(i)
             {
                 let run = &mut runs[i];
-                let _span = info_span!("run", run = i + 1, seed = run.seed).entered();
+                let _span = info_span!("run", run = i + 1, seed = run.name.seed).entered();
                 self.apply_scaled(run, ls, placeholder, q, grads, lr);
             }
         }
@@ -161,7 +161,7 @@ impl StepRunner {
             let mut pixels = batch.images;
             let mixed = (self.mixup_alpha > 0.0).then(|| {
                 let first = batch.sample_indices.first().copied().unwrap_or(0);
-                let lambda = mixup_lambda(self.mixup_alpha, run.seed, self.epoch, first);
+                let lambda = mixup_lambda(self.mixup_alpha, run.name.seed, self.epoch, first);
                 (lambda, mixup_batch(&mut pixels, &batch.labels, lambda))
             });
             let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, s, s]), &run.device);

@@ -70,7 +70,7 @@ impl What {
 
 struct Row {
     device: String,
-    what: &'static str,
+    what: String,
     /// Images per iteration; `None` for work that is not per image (the merge).
     batch: Option<usize>,
     /// Seconds of each timed iteration.
@@ -95,6 +95,10 @@ impl Row {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    // Under mpirun (a build with the mpi feature) the processes share one training step, as
+    // the processes of a run with `run.ranks_per_seed` do; rank 0 prints the table.
+    let group = crate::train_cmd::distributed();
+    let rank = group.as_ref().map_or(0, |g| g.rank());
     let mut arch = ClipArch::preset(&a.model).with_context(|| {
         format!(
             "unknown model `{}` (presets: {})",
@@ -128,15 +132,41 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         if a.what.train() {
             let device = spec.autodiff_device()?;
-            rows.push(measure(spec, train_label, Some(a.train_batch), || {
-                Ok(time_train(
+            let procs = group.as_ref().map_or(1, |g| g.size());
+            if !a.train_batch.is_multiple_of(procs) {
+                bail!(
+                    "--train-batch {} does not split over {procs} processes",
+                    a.train_batch
+                );
+            }
+            let label = if procs > 1 {
+                format!("{train_label}, 1/{procs} of the batch per process")
+            } else {
+                train_label.to_owned()
+            };
+            let mut sync_secs = Vec::new();
+            rows.push(measure(spec, &label, Some(a.train_batch), || {
+                let (secs, sync) = time_train(
                     &arch,
-                    a.train_batch,
+                    a.train_batch / procs,
                     iters,
                     &device,
                     a.precision,
-                ))
+                    group.clone(),
+                );
+                sync_secs = sync;
+                Ok(secs)
             })?);
+            if procs > 1 {
+                rows.push(Row {
+                    device: spec.to_string(),
+                    what: format!("gradient all-reduce in that step ({procs} processes)"),
+                    batch: None,
+                    secs: sync_secs,
+                    peak_rss_mib: None,
+                    load: load_average(),
+                });
+            }
         }
         if a.what.merge() {
             rows.push(measure(
@@ -146,6 +176,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 || time_merge(&arch, iters, *spec),
             )?);
         }
+    }
+    if rank != 0 {
+        return Ok(());
     }
     out!(
         "model {} ({} vision params), {} threads available, {} timed iterations per row",
@@ -182,7 +215,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// on a shared machine the timings mean little without it.
 fn measure(
     spec: &DeviceSpec,
-    what: &'static str,
+    what: &str,
     batch: Option<usize>,
     time: impl FnOnce() -> Result<Vec<f64>>,
 ) -> Result<Row> {
@@ -199,7 +232,7 @@ fn measure(
     );
     Ok(Row {
         device: spec.to_string(),
-        what,
+        what: what.to_owned(),
         batch,
         secs,
         peak_rss_mib,
@@ -279,14 +312,18 @@ fn time_eval(
 
 /// The trainer's own step ([`StepRunner`]) with the recipe's optimizer settings (AdamW,
 /// clipping at global norm 1; f16 with its loss scale), one run, one micro-batch; each timed
-/// step ends with the trainer's read-back of loss and gradient norm.
+/// step ends with the trainer's read-back of loss and gradient norm. With `group`, every
+/// process of it takes `batch` images and the gradients are averaged across them, as in a
+/// run that `run.ranks_per_seed` processes share; the second list is the seconds of each
+/// step spent in that average.
 fn time_train(
     arch: &ClipArch,
     batch: usize,
     iters: usize,
     device: &Device,
     precision: Precision,
-) -> Vec<f64> {
+    group: Option<clipstock_train::dist::Comm>,
+) -> (Vec<f64>, Vec<f64>) {
     let optim = OptimSection {
         precision,
         ..OptimSection::default()
@@ -299,6 +336,7 @@ fn time_train(
         per_run_devices: false,
         mixup_alpha: 0.0,
         epoch: 0,
+        group,
     };
     let model = random_classifier(arch, 1, device).train();
     let placeholder = model.clone();
@@ -319,7 +357,9 @@ fn time_train(
     let s = arch.vision.image_size;
     let pixels = Init::new(7).normal_vec(batch * 3 * s * s, 1.0);
     let labels: Vec<usize> = (0..batch).map(|i| (i * 37) % 1000).collect();
-    timed(iters, || {
+    let mut sync = Vec::new();
+    let mut synced = clipstock_train::grad_sync::sync_seconds();
+    let secs = timed(iters, || {
         let mut batches = [std::iter::once(Batch::from_parts(
             pixels.clone(),
             labels.clone(),
@@ -327,7 +367,13 @@ fn time_train(
         ))];
         // A non-finite loss from random weights would say nothing about speed; the time does.
         let _ = runner.step(&mut runs, &mut batches, optim.lr, &mut scales, &placeholder);
-    })
+        let now = clipstock_train::grad_sync::sync_seconds();
+        sync.push(now - synced);
+        synced = now;
+    });
+    // The first call is the untimed warm-up.
+    sync.remove(0);
+    (secs, sync)
 }
 
 /// The trainer's periodic merge hook (`clipstock_train`'s `Trainer::merge`) without its file

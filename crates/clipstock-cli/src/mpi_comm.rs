@@ -5,18 +5,25 @@
 //! MPI's default error handler aborts the job on any failure, and `mpirun` stops every rank
 //! when one exits with an error or is killed, so no rank waits for a dead one.
 
-use clipstock_train::dist::Collective;
+use std::rc::Rc;
+
+use clipstock_train::dist::{Collective, Comm};
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
-use mpi::topology::SimpleCommunicator;
+use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 
 pub struct MpiComm {
-    world: SimpleCommunicator,
+    comm: SimpleCommunicator,
     local_rank: usize,
-    /// Finalises MPI when dropped, after the trainer is done with `world`.
-    _universe: Universe,
+    /// Finalises MPI when the last communicator is dropped (fields drop in order: `comm`
+    /// first).
+    _universe: Rc<Universe>,
 }
+
+/// Elements per MPI call: counts are C ints, and a model's gradients (ViT-L/14: 304M) come
+/// close to their limit.
+const CHUNK: usize = 1 << 26;
 
 /// The variables MPI launchers set for their processes (Open MPI, PMI-1/2 of MPICH and
 /// Slurm, PMIx).
@@ -33,19 +40,19 @@ pub fn init() -> Option<MpiComm> {
     // The processes that share this machine, ranked: what picks a process's GPU.
     let local_rank = world.split_shared(world.rank()).rank() as usize;
     Some(MpiComm {
-        world,
+        comm: world,
         local_rank,
-        _universe: universe,
+        _universe: Rc::new(universe),
     })
 }
 
 impl Collective for MpiComm {
     fn rank(&self) -> usize {
-        self.world.rank() as usize
+        self.comm.rank() as usize
     }
 
     fn size(&self) -> usize {
-        self.world.size() as usize
+        self.comm.size() as usize
     }
 
     fn local_rank(&self) -> usize {
@@ -53,11 +60,11 @@ impl Collective for MpiComm {
     }
 
     fn barrier(&self) {
-        self.world.barrier();
+        self.comm.barrier();
     }
 
     fn broadcast_bytes(&self, root: usize, data: &mut Vec<u8>) {
-        let root = self.world.process_at_rank(root as i32);
+        let root = self.comm.process_at_rank(root as i32);
         let mut len = [data.len() as u64];
         root.broadcast_into(&mut len[..]);
         data.resize(len[0] as usize, 0);
@@ -65,12 +72,55 @@ impl Collective for MpiComm {
     }
 
     fn broadcast_f32(&self, root: usize, data: &mut [f32]) {
-        self.world.process_at_rank(root as i32).broadcast_into(data);
+        self.comm.process_at_rank(root as i32).broadcast_into(data);
     }
 
     fn sum_f64(&self, data: &mut [f64]) {
         let send = data.to_vec();
-        self.world
+        self.comm
             .all_reduce_into(&send[..], data, SystemOperation::sum());
+    }
+
+    /// The processes of a run must take exactly the same step, and the standard does not
+    /// promise every rank the same bits from an all-reduce of floats (an implementation may
+    /// sum in a different order on each). With two ranks every element is one addition,
+    /// a + b or b + a, which are the same number, so `MPI_Allreduce` is safe (and measured
+    /// faster here); with more, a reduction to rank 0 and a broadcast of its result.
+    fn sum_f32(&self, data: &mut [f32]) {
+        if self.comm.size() == 2 {
+            for chunk in data.chunks_mut(CHUNK) {
+                let send = chunk.to_vec();
+                self.comm
+                    .all_reduce_into(&send[..], chunk, SystemOperation::sum());
+            }
+            return;
+        }
+        let root = self.comm.process_at_rank(0);
+        for chunk in data.chunks_mut(CHUNK) {
+            let send = chunk.to_vec();
+            if self.comm.rank() == 0 {
+                root.reduce_into_root(&send[..], chunk, SystemOperation::sum());
+            } else {
+                root.reduce_into(&send[..], SystemOperation::sum());
+            }
+            root.broadcast_into(chunk);
+        }
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.comm.abort(code)
+    }
+
+    fn split(&self, color: usize) -> Comm {
+        let color = Color::with_value(i32::try_from(color).unwrap_or(i32::MAX));
+        match self.comm.split_by_color(color) {
+            Some(comm) => Rc::new(MpiComm {
+                local_rank: self.local_rank,
+                comm,
+                _universe: Rc::clone(&self._universe),
+            }),
+            // A defined color always yields a communicator; keep the type total anyway.
+            None => clipstock_train::dist::single(),
+        }
     }
 }

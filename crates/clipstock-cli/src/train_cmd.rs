@@ -40,6 +40,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let spec = &plan.spec;
     let comm = distributed();
     let rank = comm.as_ref().map_or(0, |c| c.rank());
+    let job = comm.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(&stop, &signal)?;
@@ -58,6 +59,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
         clipstock_train::train(&plan, &opts, &mut clipstock_train::Quiet)
     };
     obs.clear();
+    if let (Some(job), Err(e)) = (&job, &outcome)
+        && !matches!(
+            e,
+            clipstock_train::TrainError::InterruptedBeforeStart { .. }
+        )
+    {
+        // A process that failed must not leave the others waiting in a collective (nor wait
+        // for them in MPI's finalisation): its error, then the whole job ends.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        err!("rank {rank}: error: {text}");
+        job.abort(1);
+    }
     if rank != 0 {
         return match outcome {
             Ok(o) if o.stopped_early => std::process::exit(signal_exit_code(&signal)),
@@ -146,7 +164,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
 /// The processes of an MPI launch (`mpirun`/`srun`, built with `--features mpi`); None when
 /// this is a training of its own.
 #[cfg(feature = "mpi")]
-fn distributed() -> Option<clipstock_train::dist::Comm> {
+pub(crate) fn distributed() -> Option<clipstock_train::dist::Comm> {
     let comm = crate::mpi_comm::init()?;
     use clipstock_train::dist::Collective;
     if comm.size() == 1 {
@@ -156,7 +174,7 @@ fn distributed() -> Option<clipstock_train::dist::Comm> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn distributed() -> Option<clipstock_train::dist::Comm> {
+pub(crate) fn distributed() -> Option<clipstock_train::dist::Comm> {
     None
 }
 

@@ -211,3 +211,228 @@ fn more_processes_than_runs_are_refused() {
         describe(&o)
     );
 }
+
+/// `‖a − b‖ / ‖b − w0‖` over every tensor: how far a run lands from another relative to how
+/// far training moved it. A tensor that `b` left at w0 to the bit (one the loss does not
+/// use, e.g. `logit_scale`) must be w0 in `a` too.
+fn relative_gap(a: &Path, b: &Path, w0: &Path) -> f64 {
+    use clipstock_tensors::StateDict;
+    let read = |p: &Path| StateDict::read_safetensors(p).unwrap_or_else(|e| panic!("{e}"));
+    let (a, b, w0) = (read(a), read(b), read(w0));
+    let (mut gap, mut moved) = (0.0f64, 0.0f64);
+    for (name, tb) in b.iter() {
+        let ta = a.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        let t0 = w0.get(name).unwrap_or_else(|| panic!("{name} not in w0"));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if bits(&tb.data) == bits(&t0.data) {
+            assert_eq!(
+                bits(&ta.data),
+                bits(&t0.data),
+                "{name}: untrained in one process"
+            );
+        }
+        for ((&x, &y), &z) in ta.data.iter().zip(&tb.data).zip(&t0.data) {
+            gap += (f64::from(x) - f64::from(y)).powi(2);
+            moved += (f64::from(y) - f64::from(z)).powi(2);
+        }
+    }
+    (gap / moved).sqrt()
+}
+
+/// `run` against the one-process `single` within rounding: the step losses and gradient
+/// norms within 1e-4 relative, the exports within 2e-3 of how far training moved them.
+fn assert_close_to(single: &Path, run: &Path, case: &str) {
+    let (a, b) = (records(run), records(single));
+    assert_eq!(a.len(), b.len(), "{case}: record counts");
+    let mut worst = 0.0f64;
+    for (x, y) in a.iter().zip(&b).filter(|(x, _)| x["kind"] == "step") {
+        for key in ["loss", "grad_norm"] {
+            let (xs, ys) = (x[key].as_array().expect(key), y[key].as_array().expect(key));
+            for (vx, vy) in xs.iter().zip(ys) {
+                let (vx, vy) = (vx.as_f64().expect(key), vy.as_f64().expect(key));
+                worst = worst.max((vx - vy).abs() / vy.abs());
+            }
+        }
+    }
+    eprintln!("{case}: worst relative gap of a step's loss or gradient norm: {worst:.3e}");
+    assert!(worst < 1e-4, "{case}: step losses and norms: {worst:.3e}");
+    for f in ["run_1_final", "run_2_final", "merged_final"] {
+        let file = format!("{f}.safetensors");
+        let w0 = single.join("w0.safetensors");
+        let gap = relative_gap(&run.join(&file), &single.join(&file), &w0);
+        eprintln!("{case}: {f}: relative gap {gap:.3e}");
+        assert!(
+            gap < 1e-2,
+            "{case}: {f}: {gap:.3e} from the one-process run"
+        );
+    }
+}
+
+/// Several processes per run (`run.ranks_per_seed = 2`): `-np 4` (a group of two per run)
+/// and `-np 2` (one group training both runs) take the same steps, bit for bit; a killed
+/// process stops the job and the resume ends bitwise there too; and the result is the
+/// one-process training's within rounding.
+#[test]
+fn two_processes_per_run_share_its_batch() {
+    assert!(
+        have_mpirun(),
+        "the mpi feature's tests need mpirun (openmpi-bin)"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let extra = ["optim.epochs=3"];
+    let shared = ["optim.epochs=3", "run.ranks_per_seed=2"];
+    assert_ok(&clipstock(&small_quickstart(tmp.path(), "single", &extra)));
+    let single = tmp.path().join("single");
+
+    let o = output(mpirun(4, &small_quickstart(tmp.path(), "k2_np4", &shared)));
+    assert!(o.status.success(), "{}", describe(&o));
+    let np4 = tmp.path().join("k2_np4");
+    let o = output(mpirun(2, &small_quickstart(tmp.path(), "k2_np2", &shared)));
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_same_run(
+        &np4,
+        &tmp.path().join("k2_np2"),
+        "ranks_per_seed = 2, -np 2 vs -np 4",
+    );
+
+    // Against one process: the same images and the same maths, in shares of 8 instead of
+    // batches of 16 and summed across processes, so only f32 rounding differs. The step
+    // losses and gradient norms agree to about 1e-7 at the first step and stay within
+    // ~1e-5 (measured: at most 6e-6 over the 18 steps). The weights drift further apart
+    // than that (measured: 1.9e-4 of how far training moved them, and 2.2e-4 between
+    // K = 2 and K = 4): AdamW divides each element's update by √v, so an element whose
+    // gradient nearly cancels (small, with a large relative rounding error) still moves by
+    // up to a full step, of either sign.
+    assert_close_to(&single, &np4, "ranks_per_seed = 2");
+    // Four processes for one run: the sum goes through a reduction and a broadcast instead
+    // of MPI's all-reduce (see mpi_comm.rs), with the same tolerance.
+    let o = output(mpirun(
+        4,
+        &small_quickstart(
+            tmp.path(),
+            "k4",
+            &["optim.epochs=3", "run.ranks_per_seed=4"],
+        ),
+    ));
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_close_to(&single, &tmp.path().join("k4"), "ranks_per_seed = 4");
+
+    // SIGKILL one of the four mid-training, then resume with the same -np and K.
+    let args = small_quickstart(tmp.path(), "k2_killed", &shared);
+    let mut job = mpirun(4, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let dir = tmp.path().join("k2_killed");
+    wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
+    let ranks = String::from_utf8(
+        Command::new("pgrep")
+            .args(["-P", &job.id().to_string()])
+            .output()
+            .expect("pgrep")
+            .stdout,
+    )
+    .expect("pids");
+    let victim = ranks.lines().nth(1).expect("a rank process");
+    assert!(
+        Command::new("kill")
+            .args(["-9", victim])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = job.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the job did not stop within 60 s of a rank's death"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a job with a dead rank must fail");
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    let o = output(mpirun(4, &resume));
+    assert!(o.status.success(), "resume: {}", describe(&o));
+    assert_same_run(
+        &np4,
+        &dir,
+        "ranks_per_seed = 2: killed, then resumed with -np 4",
+    );
+}
+
+#[test]
+fn a_share_of_runs_needs_its_processes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // One process cannot be a group of two.
+    let o = clipstock(&small_quickstart(
+        tmp.path(),
+        "alone",
+        &["run.ranks_per_seed=2"],
+    ));
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("mpirun -np 4"), "{stderr}");
+    // Three processes do not make groups of two.
+    let o = output(mpirun(
+        3,
+        &small_quickstart(tmp.path(), "three", &["run.ranks_per_seed=2"]),
+    ));
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("a multiple of 2"), "{}", describe(&o));
+}
+
+/// A process that fails on its own (here rank 1 reads a weights file that is not one, after
+/// MPI has started) prints its error and ends the whole job: rank 0, waiting in a
+/// collective for it, does not hang.
+#[test]
+fn a_process_that_fails_alone_ends_the_job() {
+    assert!(
+        have_mpirun(),
+        "the mpi feature's tests need mpirun (openmpi-bin)"
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = tmp.path().join("broken.safetensors");
+    std::fs::write(&bad, b"not a safetensors file").expect("write");
+    let good = small_quickstart(tmp.path(), "one_fails", &[]);
+    let mut broken = good.clone();
+    broken.extend([
+        "--set".to_string(),
+        format!("model.weights={}", bad.display()),
+    ]);
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "1"])
+        .arg(env!("CARGO_BIN_EXE_clipstock"))
+        .args(&good)
+        .args([":", "-np", "1"])
+        .arg(env!("CARGO_BIN_EXE_clipstock"))
+        .args(&broken)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut job = c.spawn().expect("mpirun");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = job.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the job did not end within 120 s of one process's error"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let o = job.wait_with_output().expect("mpirun");
+    assert!(!status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("rank 1: error") && stderr.contains("broken.safetensors"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,7 @@ pub const KEYS: &[&str] = &[
     "run.devices",
     "run.log_every_steps",
     "run.checkpoint_every_epochs",
+    "run.ranks_per_seed",
     "model.weights",
     "model.arch",
     "model.head",

@@ -63,6 +63,10 @@ pub struct RunSection {
     /// 0 = only the final checkpoint.
     #[serde(default = "default_one")]
     pub checkpoint_every_epochs: u64,
+    /// Processes per run under MPI (K): each process of a run takes `1/K` of every batch and
+    /// the gradients are averaged across them before clipping and AdamW. 1 without MPI.
+    #[serde(default = "default_ranks", skip_serializing_if = "is_one")]
+    pub ranks_per_seed: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,6 +472,12 @@ fn default_log_every_steps() -> u64 {
 }
 fn default_one() -> u64 {
     1
+}
+fn default_ranks() -> usize {
+    1
+}
+fn is_one(k: &usize) -> bool {
+    *k == 1
 }
 fn default_classnames() -> PathBuf {
     PathBuf::from("data/imagenet_classnames.json")

@@ -115,11 +115,19 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
     }
     if !run.devices.is_empty() {
         let runs = run.seeds.len() + independent.len();
+        // Under MPI with several processes per run, a process takes its entry by its rank on
+        // the machine, so one device per process is the natural list.
+        let per_process = runs * run.ranks_per_seed;
         c.check(
-            run.devices.len() == runs,
+            run.devices.len() == runs || run.devices.len() == per_process,
             "run.devices",
             &run.devices,
-            &if independent.is_empty() {
+            &if run.ranks_per_seed > 1 {
+                format!(
+                    "one device per run ({runs}) or per process ({runs} runs × \
+                     run.ranks_per_seed = {per_process}), or an empty list"
+                )
+            } else if independent.is_empty() {
                 format!(
                     "one device per seed ({} seeds), or an empty list",
                     run.seeds.len()
@@ -332,6 +340,30 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
             "optim.micro_batch_size",
             m,
             &format!("a divisor of optim.batch_size = {} (accumulation steps = batch_size / micro_batch_size)", o.batch_size),
+        )?;
+    }
+    let k = spec.run.ranks_per_seed;
+    c.check(
+        k >= 1 && o.batch_size.is_multiple_of(k),
+        "run.ranks_per_seed",
+        k,
+        &format!(
+            "at least 1, and a divisor of optim.batch_size = {} (each process of a run takes \
+             batch_size / ranks_per_seed images of every step)",
+            o.batch_size
+        ),
+    )?;
+    if k > 1 {
+        let share = o.batch_size / k;
+        let micro = o.micro_batch_size.unwrap_or(o.batch_size).min(share);
+        c.check(
+            share.is_multiple_of(micro),
+            "optim.micro_batch_size",
+            o.micro_batch_size,
+            &format!(
+                "with run.ranks_per_seed = {k}, a divisor of each process's share of a step \
+                 (batch_size / ranks_per_seed = {share} images)"
+            ),
         )?;
     }
     c.check(

@@ -730,6 +730,7 @@ fn override_keys_match_the_schema() {
             "data.image_size=224",
             "optim.micro_batch_size=64",
             "eval.limit_per_set=5",
+            "run.ranks_per_seed=2",
             "data.holdout_per_class=26",
             "data.holdout_seed=3",
             "baselines.independent_seeds=[11, 12]",

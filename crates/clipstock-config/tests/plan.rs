@@ -271,7 +271,7 @@ fn the_files_a_run_reads_must_exist() {
 fn cross_field_errors_name_file_and_key() {
     let t = tree();
     let file = t.file();
-    let cases: [(&[&str], &str, &[&str]); 8] = [
+    let cases: [(&[&str], &str, &[&str]); 11] = [
         (
             &["run.devices=[\"cuda:0\"]"],
             "run.devices",
@@ -304,6 +304,29 @@ fn cross_field_errors_name_file_and_key() {
             &["64"],
         ),
         (&["model.arch=ViT-H-14"], "model.arch", &["ViT-B-32"]),
+        (
+            &["optim.batch_size=64", "run.ranks_per_seed=3"],
+            "run.ranks_per_seed",
+            &["a divisor of optim.batch_size = 64"],
+        ),
+        (
+            // Shares of 48 images cannot be cut into micro-batches of 32.
+            &[
+                "optim.batch_size=96",
+                "optim.micro_batch_size=32",
+                "run.ranks_per_seed=2",
+            ],
+            "optim.micro_batch_size",
+            &["48 images"],
+        ),
+        (
+            &[
+                "run.ranks_per_seed=2",
+                "run.devices=[\"cuda:0\", \"cuda:1\", \"cuda:2\"]",
+            ],
+            "run.devices",
+            &["per process", "4"],
+        ),
     ];
     for (overrides, key, parts) in cases {
         let e = t.err(MINIMAL, overrides);
@@ -500,4 +523,33 @@ fn evaluation_and_checkpoint_schedules() {
         .plan(MINIMAL, &["run.checkpoint_every_epochs=2"])
         .expect("valid");
     assert!(!plan.checkpoint_due(1, false) && plan.checkpoint_due(2, false));
+}
+
+/// A process's part of a step under `run.ranks_per_seed`: whole micro-batches when they fit
+/// its share, else the share in one micro-batch; `run.devices` may list one per process.
+#[test]
+fn ranks_per_seed_splits_each_step() {
+    let t = tree();
+    let share = |o: &[&str]| {
+        let plan = t.plan(MINIMAL, o).unwrap_or_else(|e| panic!("{e}"));
+        (plan.ranks_per_seed, plan.rank_share())
+    };
+    let b = |n: usize| format!("optim.batch_size={n}");
+    let m = |n: usize| format!("optim.micro_batch_size={n}");
+    assert_eq!(share(&[&b(64)]), (1, (64, 1)));
+    assert_eq!(share(&[&b(64), &m(16)]), (1, (16, 4)));
+    assert_eq!(
+        share(&[&b(64), &m(16), "run.ranks_per_seed=2"]),
+        (2, (16, 2))
+    );
+    assert_eq!(
+        share(&[&b(64), &m(16), "run.ranks_per_seed=8"]),
+        (8, (8, 1))
+    );
+    assert_eq!(share(&[&b(64), "run.ranks_per_seed=4"]), (4, (16, 1)));
+    let devices = "run.devices=[\"cuda:0\", \"cuda:1\", \"cuda:2\", \"cuda:3\"]";
+    let plan = t
+        .plan(MINIMAL, &["run.ranks_per_seed=2", devices])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.devices.len(), 4);
 }

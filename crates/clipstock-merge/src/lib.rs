@@ -18,11 +18,13 @@
 //!   [`wise_ft_files`], [`greedy_soup_files`];
 //! - memory: [`merge_tensors`] (e.g. the trainer's per-epoch merge of host copies of the
 //!   parameters), [`model_stock_tensor`], [`model_stock_group`];
-//! - arithmetic: [`model_stock_ratio`], [`DeltaGram`].
+//! - arithmetic: [`model_stock_ratio`], [`DeltaGram`];
+//! - distributed: [`allreduce`], Model Stock from an all-reduce of per-process sums.
 //!
 //! Every call returns a [`MergeReport`]: per tensor the cosine, angle, t, delta norms and flags
 //! (unselected, zero deltas, cos ≤ 0, clamped, copied), plus a summary, as JSON or text.
 
+pub mod allreduce;
 mod dtype;
 mod engine;
 mod error;

@@ -50,6 +50,9 @@ struct Training {
     state: TrainerState,
     dir: RunDir,
     comm: Comm,
+    /// The processes that share this process's runs (`run.ranks_per_seed`); itself alone
+    /// when it trains its runs by itself.
+    group: Comm,
 }
 
 impl Training {
@@ -209,11 +212,18 @@ fn start(
             _ => Vec::new(),
         },
     );
+    // Collective: every process joins the communicator of its group.
+    let group = if session.place.per_run > 1 {
+        comm.split(session.place.group())
+    } else {
+        crate::dist::single()
+    };
     let mut t = Training {
         session,
         state,
         dir,
         comm,
+        group,
     };
     if !opts.resume {
         CheckpointHook::save(&mut t.cx(plan, obs, &opts.stop))?;
@@ -249,11 +259,13 @@ fn run_loop(
         autocast: t.session.autocast,
         label_smoothing: spec.optim.label_smoothing,
         grad_clip_norm: spec.optim.grad_clip_norm,
-        accumulation_steps: plan.accumulation_steps,
+        accumulation_steps: plan.rank_share().1,
         per_run_devices: plan.per_run_devices,
         mixup_alpha: spec.optim.mixup_alpha,
         epoch: t.state.epoch,
+        group: (t.group.size() > 1).then(|| t.group.clone()),
     };
+    let micro_batch = plan.rank_share().0;
     let steps = t.session.steps_per_epoch;
     while t.state.epoch < spec.optim.epochs {
         let epoch = t.state.epoch;
@@ -267,7 +279,7 @@ fn run_loop(
             steps,
             start_step,
         });
-        let mut loaders = (t.session).loaders(spec, plan.micro_batch_size, epoch, start_step)?;
+        let mut loaders = (t.session).loaders(spec, micro_batch, epoch, start_step)?;
         if start_step == 0 || t.state.epoch_loss_sums.len() != t.session.runs.len() {
             t.state.epoch_loss_sums = vec![0.0; t.session.runs.len()];
             t.state.epoch_loss_steps = 0;
@@ -290,9 +302,10 @@ fn run_loop(
                 scales,
                 &s.w0.base,
             );
+            // The lead of each group speaks for its runs (its group took the same step).
             let (outcomes, stopping) = exchange(
                 &*t.comm,
-                own,
+                if s.place.is_lead() { own } else { 0..0 },
                 s.runs.len(),
                 local,
                 &mut t.state.loss_scales,
@@ -438,8 +451,9 @@ fn any(comm: &dyn Collective, flag: bool) -> bool {
 
 /// Every rank's step of its own runs, made everyone's: the losses, norms and image counts of
 /// all runs, the f16 loss scales, the first non-finite run, and whether any rank was asked
-/// to stop. Each slot has one contributor (the run's owner), so the f64 sum is exact and the
-/// result is the one-process result.
+/// to stop. Each slot has one contributor (the run's owner, the lead of its group: `own` is
+/// empty on the other members), so the f64 sum is exact and the result is the one-process
+/// result.
 fn exchange(
     comm: &dyn Collective,
     own: std::ops::Range<usize>,
@@ -453,8 +467,9 @@ fn exchange(
     }
     const PER_RUN: usize = 7;
     let mut v = vec![0.0f64; runs * PER_RUN + 1];
-    match &local {
-        Ok(outcomes) => {
+    match Some(local.as_ref()).filter(|_| !own.is_empty()) {
+        None => {}
+        Some(Ok(outcomes)) => {
             for (k, o) in outcomes.iter().enumerate() {
                 let at = (own.start + k) * PER_RUN;
                 v[at] = o.loss;
@@ -462,7 +477,7 @@ fn exchange(
                 v[at + 2] = o.images as f64;
             }
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let what = if e.what == "the loss" { 1.0 } else { 2.0 };
             v[(own.start + e.run) * PER_RUN + 3] = what;
         }
@@ -507,18 +522,29 @@ fn exchange(
     (Ok(outcomes), stopping)
 }
 
-/// The distributed training this build supports: one rank per run or fewer (each rank trains
-/// a block of whole runs), and no policy that needs every run's optimizer state in one place.
+/// The distributed training this build supports: groups of `run.ranks_per_seed` processes,
+/// at most one group per run (each group trains a block of whole runs), and no policy that
+/// needs every run's optimizer state in one place.
 fn check_distributed(plan: &RunPlan, comm: &dyn Collective) -> Result<()> {
+    let k = plan.ranks_per_seed;
+    let runs = plan.spec.run.seeds.len() + plan.spec.baselines.independent_seeds.len();
     if comm.size() == 1 {
+        if k > 1 {
+            return Err(TrainError::Distributed(format!(
+                "run.ranks_per_seed = {k} shares each run between {k} processes: launch \
+                 {} with `mpirun -np {}` (a build with --features mpi), or set it to 1",
+                k * runs,
+                k * runs
+            )));
+        }
         return Ok(());
     }
-    let runs = plan.spec.run.seeds.len() + plan.spec.baselines.independent_seeds.len();
-    if comm.size() > runs {
+    if !comm.size().is_multiple_of(k) || comm.size() > runs * k {
         return Err(TrainError::Distributed(format!(
-            "{} processes for {runs} runs: each process trains whole runs, so launch at most \
-             one per run (several processes per seed are not supported yet)",
-            comm.size()
+            "{} processes for {runs} runs with run.ranks_per_seed = {k}: launch a multiple of \
+             {k} processes, at most {} (each group of {k} trains whole runs)",
+            comm.size(),
+            runs * k
         )));
     }
     if plan.spec.merge.optimizer_state == clipstock_config::OptimizerStatePolicy::Average {

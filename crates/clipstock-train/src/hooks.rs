@@ -123,18 +123,18 @@ impl EpochHook for EvalHook {
                     }
                     return Ok(());
                 }
-                // Each process scores its own runs (at the same time), then the results are
-                // recorded in run order by everyone.
-                let n = cx.session.runs.len();
+                // The lead of each group scores its runs (the groups at the same time), then
+                // the results are recorded in run order by everyone.
+                let place = cx.session.place;
                 let mut scored: Vec<Option<EvalResults>> = vec![None; todo.len()];
                 for (k, (i, label)) in todo.iter().enumerate() {
-                    if cx.session.own.contains(i) {
+                    if place.is_lead() && cx.session.own.contains(i) {
                         let model = cx.session.run_for_eval(*i)?;
                         scored[k] = Some(score_model(cx, label, &model)?);
                     }
                 }
                 for (k, (i, label)) in todo.iter().enumerate() {
-                    let owner = crate::dist::owner(n, cx.comm.size(), *i);
+                    let owner = place.owner(*i);
                     let results = share_results(cx.comm, owner, scored[k].take())?;
                     record_eval(cx, end.epoch, label, results)?;
                 }
@@ -465,10 +465,15 @@ impl CheckpointHook {
         state.has_merge = cx.session.last_merge.is_some();
         state.metrics_len = cx.dir.metrics_len();
         let runs = &cx.session.runs;
-        let own = cx.session.own.clone();
+        // The lead of each group writes its runs (the other members hold the same state);
+        // rank 0 the merge.
+        let own = if cx.session.place.is_lead() {
+            cx.session.own.clone()
+        } else {
+            0..0
+        };
         let writer = cx.dir.is_writer();
         let last_merge = &cx.session.last_merge;
-        // Each process writes its own runs; rank 0 the merge.
         let write = |tmp: &Path| -> Result<()> {
             for (i, run) in runs.iter().enumerate().filter(|(i, _)| own.contains(i)) {
                 run.model

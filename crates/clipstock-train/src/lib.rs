@@ -8,6 +8,8 @@
 //!   bench` times): micro-batch accumulation, global-norm clipping as PyTorch's
 //!   `clip_grad_norm_`, AdamW with decoupled weight decay, f16's dynamic loss scale;
 //! - `fused_adamw`: burn's AdamW, bit for bit, as one multi-threaded pass per tensor on flex;
+//! - [`dist`] and [`grad_sync`]: training over several processes (MPI, in the binary): who
+//!   trains which run, and the gradient all-reduce of a run that several processes share;
 //! - `driver`: the loop ([`train`]);
 //! - [`hooks`]: what happens at step and epoch boundaries ([`hooks::EpochHook`]: evaluation,
 //!   the Model Stock merge, checkpoints);
@@ -27,6 +29,7 @@ pub mod events;
 mod export;
 pub mod figures;
 mod fused_adamw;
+pub mod grad_sync;
 pub mod hooks;
 pub mod linear_probe;
 mod optim_state;

@@ -25,7 +25,7 @@ use clipstock_model::model::Autocast;
 use clipstock_model::zeroshot::zeroshot_head_from_files;
 use clipstock_model::{BurnDevice, Checkpoint, DeviceSpec, ImageClassifier, StateDict};
 
-use crate::dist::Collective;
+use crate::dist::{Collective, Placement};
 use crate::error::{Result, TrainError};
 use crate::events::{Event, Observer};
 
@@ -131,9 +131,11 @@ pub struct Session {
     pub runs: Vec<Run>,
     /// How many of `runs` are merged: the first `run.seeds.len()`.
     pub merged_runs: usize,
-    /// The runs this process trains: all of them, or its block in a distributed training
-    /// (the others are copies, refreshed by [`sync_runs`]).
+    /// The runs this process trains: all of them, or its group's block in a distributed
+    /// training (the others are copies, refreshed by [`sync_runs`]).
     pub own: std::ops::Range<usize>,
+    /// This process's place among the processes (one process: rank 0 of 1).
+    pub place: Placement,
     /// The held-out split, if the run has one: `holdout.txt`'s text.
     pub holdout_list: Option<String>,
     pub eval_device: Device,
@@ -180,7 +182,17 @@ impl Session {
             comm.barrier();
         }
         let n_runs = spec.run.seeds.len() + spec.baselines.independent_seeds.len();
-        let own = crate::dist::owned(n_runs, comm.rank(), comm.size());
+        let place = Placement {
+            rank: comm.rank(),
+            size: comm.size(),
+            per_run: if comm.size() > 1 {
+                plan.ranks_per_seed
+            } else {
+                1
+            },
+            runs: n_runs,
+        };
+        let own = place.own();
         // Distributed, a process computes on one device: its entry of `run.devices` (by its
         // rank on the machine), or `run.device`; its copies of the other runs live there too.
         let rank_device = (comm.size() > 1 && plan.per_run_devices)
@@ -261,6 +273,7 @@ impl Session {
             runs,
             merged_runs: spec.run.seeds.len(),
             own,
+            place,
             holdout_list,
             eval_device,
             train_images: train.len(),
@@ -274,8 +287,11 @@ impl Session {
         })
     }
 
-    /// One loader per run for `epoch`, starting after `start_step` steps: each run's data
-    /// order and augmentation depend only on (seed, epoch, sample index).
+    /// One loader per run this process trains for `epoch`, starting after `start_step`
+    /// steps: each run's data order and augmentation depend only on (seed, epoch, sample
+    /// index). A process that shares its runs with others (`run.ranks_per_seed` = K) reads
+    /// its share of every step: images `k·B/K .. (k+1)·B/K` of the step's B, k its place in
+    /// the group.
     pub fn loaders(
         &self,
         spec: &RunSpec,
@@ -283,12 +299,14 @@ impl Session {
         epoch: u64,
         start_step: u64,
     ) -> Result<Vec<Loader>> {
-        let used = (self.steps_per_epoch as usize) * spec.optim.batch_size;
+        let batch = spec.optim.batch_size;
+        let used = (self.steps_per_epoch as usize) * batch;
         let mut loaders = Vec::new();
         for run in &self.runs[self.own.clone()] {
             let mut order = epoch_order(self.train.len(), run.name.seed, epoch);
             order.truncate(used);
-            let order = order.split_off(start_step as usize * spec.optim.batch_size);
+            let order = order.split_off(start_step as usize * batch);
+            let order = rank_share(order, batch, self.place.per_run, self.place.member());
             let transform = Transform::Train(TrainTransform {
                 size: self.image_size,
                 scale: (spec.data.augment.scale[0], spec.data.augment.scale[1]),
@@ -339,11 +357,25 @@ struct TrainSamples {
     holdout_list: Option<String>,
 }
 
-/// The training folder minus the held-out split (drawn from the whole folder, as model-soups'
-/// mask is), then `data.train_limit` of what is left.
+/// Process `member`'s part of each step of `order` (steps of `batch` samples) when `k`
+/// processes share them: the `member`-th of `k` equal contiguous slices of every step.
+pub fn rank_share(order: Vec<usize>, batch: usize, k: usize, member: usize) -> Vec<usize> {
+    if k <= 1 {
+        return order;
+    }
+    let share = batch / k;
+    order
+        .chunks(batch)
+        .flat_map(|step| step.iter().skip(member * share).take(share).copied())
+        .collect()
+}
+
 /// Every process's copy of the runs in `range` made its owner's, bit for bit (distributed
-/// training; nothing to do in one process). The owner sends each tensor; the others write it
-/// into their copy through `apply_state`, keeping its `ParamId`s.
+/// training; nothing to do in one process). The owner (the lead of the run's group) sends
+/// each tensor; the others write it into their copy through `apply_state`, keeping its
+/// `ParamId`s. The other members of the run's group already hold the same weights: they
+/// check that instead, since processes that drifted apart would no longer average the
+/// gradients of one model.
 pub fn sync_runs(
     session: &mut Session,
     comm: &dyn Collective,
@@ -352,17 +384,28 @@ pub fn sync_runs(
     if comm.size() == 1 {
         return Ok(());
     }
-    let n = session.runs.len();
     for i in range {
-        let owner = crate::dist::owner(n, comm.size(), i);
+        let owner = session.place.owner(i);
         let mut state = module_state(&session.runs[i].model);
         let names: Vec<String> = state.names().map(str::to_string).collect();
+        let member = comm.rank() != owner && session.own.contains(&i);
         for name in &names {
             if let Some(t) = state.get_mut(name) {
+                let mine = member.then(|| t.data.clone());
                 comm.broadcast_f32(owner, &mut t.data);
+                if let Some(mine) = mine
+                    && !same_bits(&mine, &t.data)
+                {
+                    return Err(TrainError::Distributed(format!(
+                        "{} differs between rank {owner} and rank {} at `{name}`: the \
+                         processes of a run no longer take the same steps",
+                        session.runs[i].name.label(),
+                        comm.rank()
+                    )));
+                }
             }
         }
-        if comm.rank() != owner {
+        if comm.rank() != owner && !member {
             let run = &mut session.runs[i];
             let model = std::mem::replace(&mut run.model, session.w0.base.clone());
             run.model = apply_state(model, &state, &format!("run {}", i + 1))?;
@@ -371,6 +414,8 @@ pub fn sync_runs(
     Ok(())
 }
 
+/// The training folder minus the held-out split (drawn from the whole folder, as model-soups'
+/// mask is), then `data.train_limit` of what is left.
 fn train_samples(spec: &RunSpec, classes: &ClassSpace) -> Result<TrainSamples> {
     let set = open_train_set(&spec.data.root, classes)?;
     let split = match (&spec.data.holdout_file, spec.data.holdout_per_class) {
@@ -648,6 +693,10 @@ pub(crate) fn eval_options(spec: &RunSpec) -> EvalOptions {
         limits: DecodeLimits::default(),
         cancel: None,
     }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tracing::{info, info_span};
 use crate::session::Run;
 
 /// The step's settings, from `[optim]` and `run.devices`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct StepRunner {
     pub autocast: Autocast,
     pub label_smoothing: f64,
@@ -31,6 +31,9 @@ pub struct StepRunner {
     /// The epoch being trained (0-based): with the run's seed and the batch's first sample it
     /// seeds mixup's λ, so a resumed step mixes as the uninterrupted one did.
     pub epoch: u64,
+    /// The processes that share each of this process's runs (`run.ranks_per_seed` > 1 under
+    /// MPI): their gradients are averaged before the norm, so each takes the same step.
+    pub group: Option<crate::dist::Comm>,
 }
 
 /// mixup's λ for one micro-batch: a function of (run seed, epoch, first sample index) only,
@@ -80,7 +83,9 @@ pub struct NonFinite {
 
 /// One run's optimizer step, queued on its device and not yet read back.
 struct QueuedStep {
-    loss_sum: Tensor<1>,
+    loss_sum: Option<Tensor<1>>,
+    /// The mean loss when it had to be read back already (the group's, a shared step).
+    loss_read: Option<f64>,
     norm: Option<Tensor<1>>,
     /// The unscaled norm when it had to be read back already (f16 loss scaling).
     norm_read: Option<f64>,
@@ -193,18 +198,43 @@ impl StepRunner {
             images += n;
             micro_done += 1;
         }
-        let Some(loss_sum) = loss_sum else {
+        let skipped = || {
             tracing::warn!(
                 "run {}: every image of this step was unreadable; the step is skipped",
                 i + 1
             );
-            return None;
         };
-        let mut grads = acc.grads();
+        let (loss_sum, loss_read, mut grads) = match self.group.as_deref().filter(|g| g.size() > 1)
+        {
+            None => {
+                let Some(loss_sum) = loss_sum else {
+                    skipped();
+                    return None;
+                };
+                (Some(loss_sum), None, acc.grads())
+            }
+            Some(group) => {
+                // Every process of the group takes part, with or without images of its own,
+                // so none waits for one that skipped the collective.
+                let local = loss_sum.map(scalar);
+                let totals = crate::grad_sync::group_totals(group, local, micro_done, images);
+                if totals.contributors == 0 {
+                    skipped();
+                    return None;
+                }
+                images = totals.images;
+                micro_done = totals.micro_batches;
+                let own = local.is_some().then(|| acc.grads());
+                let grads =
+                    crate::grad_sync::average_grads(&run.model, own, group, totals.contributors);
+                (None, Some(totals.loss()), grads)
+            }
+        };
         clipstock_tensors::fault::point("train.backward");
         let norm = grad_norm_tensor(&run.model, &grads);
         let mut q = QueuedStep {
             loss_sum,
+            loss_read,
             norm,
             norm_read: None,
             skipped: false,
@@ -278,7 +308,11 @@ impl StepRunner {
 /// Reads back a queued step's loss and gradient norm; a non-finite one is an error (the last
 /// checkpoint predates it).
 fn finish(i: usize, q: QueuedStep) -> Result<StepOutcome, NonFinite> {
-    let loss = scalar(q.loss_sum) / q.micro_batches.max(1) as f64;
+    let loss = match (q.loss_read, q.loss_sum) {
+        (Some(l), _) => l,
+        (None, Some(sum)) => scalar(sum) / q.micro_batches.max(1) as f64,
+        (None, None) => f64::NAN,
+    };
     let norm = q.norm_read.or(q.norm.map(scalar)).unwrap_or(0.0);
     let err = |what| NonFinite { run: i, what };
     if !loss.is_finite() {

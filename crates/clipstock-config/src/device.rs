@@ -27,6 +27,17 @@ pub struct DeviceSpecError(pub String);
 impl DeviceSpec {
     /// The accepted forms, as error messages list them.
     pub const EXPECTED: &'static str = "cpu, flex, ndarray, wgpu, wgpu:N, cuda or cuda:N";
+
+    /// The device of the `local_rank`-th process on a machine when they all name this one:
+    /// a GPU ordinal moves up by the local rank (`cuda` → `cuda:{local_rank}`), so each
+    /// process of an `mpirun` gets its own GPU; the CPU is everyone's.
+    pub fn for_local_rank(self, local_rank: usize) -> DeviceSpec {
+        match self {
+            DeviceSpec::Wgpu(n) => DeviceSpec::Wgpu(n + local_rank),
+            DeviceSpec::Cuda(n) => DeviceSpec::Cuda(n + local_rank),
+            cpu => cpu,
+        }
+    }
 }
 
 impl FromStr for DeviceSpec {
@@ -85,6 +96,14 @@ impl<'de> serde::Deserialize<'de> for DeviceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_local_rank_gets_its_own_gpu() {
+        assert_eq!(DeviceSpec::Cuda(0).for_local_rank(3), DeviceSpec::Cuda(3));
+        assert_eq!(DeviceSpec::Wgpu(2).for_local_rank(1), DeviceSpec::Wgpu(3));
+        assert_eq!(DeviceSpec::Cpu.for_local_rank(5), DeviceSpec::Cpu);
+        assert_eq!(DeviceSpec::Flex.for_local_rank(1), DeviceSpec::Flex);
+    }
 
     #[test]
     fn every_form_parses_and_displays_back() {

@@ -194,10 +194,15 @@ impl Session {
         };
         let own = place.own();
         // Distributed, a process computes on one device: its entry of `run.devices` (by its
-        // rank on the machine), or `run.device`; its copies of the other runs live there too.
-        let rank_device = (comm.size() > 1 && plan.per_run_devices)
-            .then(|| plan.devices[comm.local_rank() % plan.devices.len()]);
-        let eval_device = rank_device.unwrap_or(plan.eval_device).device()?;
+        // rank on the machine), or `run.device` with a GPU ordinal moved up by that rank
+        // (`cuda` is cuda:0 for the first process, cuda:1 for the second…); its copies of the
+        // other runs live there too.
+        let eval_spec = match (comm.size() > 1, plan.per_run_devices) {
+            (false, _) => plan.eval_device,
+            (true, true) => plan.devices[comm.local_rank() % plan.devices.len()],
+            (true, false) => plan.eval_device.for_local_rank(comm.local_rank()),
+        };
+        let eval_device = eval_spec.device()?;
         let w0 = build_w0(spec, &classes, &eval_device, Some(stop), obs)?;
         let model_size = w0.base.model.visual.image_size() as u32;
         let image_size = spec.data.image_size.unwrap_or(model_size);

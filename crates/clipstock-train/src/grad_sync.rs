@@ -79,7 +79,7 @@ pub fn average_grads<M: Module>(
 ) -> GradientsParams {
     let started = Instant::now();
     let mut gather = Gather {
-        grads: local.as_ref(),
+        grads: local,
         // Sized once: growing a buffer of a model's gradients copies it again and again.
         buf: Vec::with_capacity(module.num_params()),
         present: Vec::new(),
@@ -110,22 +110,24 @@ pub fn average_grads<M: Module>(
     scatter.out
 }
 
-struct Gather<'a> {
-    grads: Option<&'a GradientsParams>,
+struct Gather {
+    /// Owned, so that each gradient leaves it uniquely held: flex then hands over its buffer
+    /// instead of copying it.
+    grads: Option<GradientsParams>,
     buf: Vec<f32>,
     /// Per parameter, in visit order: 1 when this process has its gradient.
     present: Vec<f32>,
     seen: Vec<ParamId>,
 }
 
-impl ModuleVisitor for Gather<'_> {
+impl ModuleVisitor for Gather {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         // A parameter reachable twice has one gradient.
         if self.seen.contains(&param.id) {
             return;
         }
         self.seen.push(param.id);
-        let grad = self.grads.and_then(|g| g.get::<D>(param.id));
+        let grad = self.grads.as_mut().and_then(|g| g.remove::<D>(param.id));
         self.present.push(if grad.is_some() { 1.0 } else { 0.0 });
         match grad {
             Some(g) => {

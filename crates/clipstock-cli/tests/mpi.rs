@@ -81,6 +81,37 @@ fn assert_same_run(a: &Path, b: &Path, case: &str) {
     }
 }
 
+/// SIGKILLs the `nth` process mpirun started, then checks that the job ends, non-zero,
+/// within 60 s: mpirun's own abort-on-failure, not a hang.
+fn kill_a_rank(job: &mut std::process::Child, nth: usize) {
+    let ranks = String::from_utf8(
+        Command::new("pgrep")
+            .args(["-P", &job.id().to_string()])
+            .output()
+            .expect("pgrep")
+            .stdout,
+    )
+    .expect("pids");
+    let victim = ranks.lines().nth(nth).expect("a rank process");
+    let killed = Command::new("kill")
+        .args(["-9", victim])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = job.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the job did not stop within 60 s of a rank's death"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a job with a dead rank must fail");
+}
+
 fn have_mpirun() -> bool {
     Command::new("mpirun")
         .arg("--version")
@@ -122,32 +153,7 @@ fn one_process_per_run_is_bitwise_the_one_process_run_and_a_killed_process_stops
         .expect("mpirun");
     let dir = tmp.path().join("killed");
     wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
-    let ranks = String::from_utf8(
-        Command::new("pgrep")
-            .args(["-P", &job.id().to_string()])
-            .output()
-            .expect("pgrep")
-            .stdout,
-    )
-    .expect("pids");
-    let victim = ranks.lines().last().expect("a rank process");
-    let killed = Command::new("kill")
-        .args(["-9", victim])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job did not stop within 60 s of a rank's death"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success(), "a job with a dead rank must fail");
+    kill_a_rank(&mut job, 1);
 
     let mut resume = args.clone();
     resume.push("--resume".into());
@@ -326,34 +332,7 @@ fn two_processes_per_run_share_its_batch() {
         .expect("mpirun");
     let dir = tmp.path().join("k2_killed");
     wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
-    let ranks = String::from_utf8(
-        Command::new("pgrep")
-            .args(["-P", &job.id().to_string()])
-            .output()
-            .expect("pgrep")
-            .stdout,
-    )
-    .expect("pids");
-    let victim = ranks.lines().nth(1).expect("a rank process");
-    assert!(
-        Command::new("kill")
-            .args(["-9", victim])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job did not stop within 60 s of a rank's death"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success(), "a job with a dead rank must fail");
+    kill_a_rank(&mut job, 1);
     let mut resume = args.clone();
     resume.push("--resume".into());
     let o = output(mpirun(4, &resume));

@@ -117,8 +117,59 @@ pub struct ClipMlp {
 }
 
 /// OpenAI CLIP's activation: x·σ(1.702x).
+///
+/// Outside autodiff on flex (evaluation), one threaded pass in place over the activation's
+/// own buffer: flex runs the three tensor operations as single-threaded passes, two of them
+/// into fresh buffers. The pass repeats flex's arithmetic (the scalar rounded to f32, its
+/// sign-split sigmoid, the product), so the result keeps its bits. Training keeps burn's
+/// operations, whose backward pass autodiff needs.
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clone() * sigmoid(x * 1.702)
+    let device = x.device();
+    // `Device`'s equality does not see autodiff, so it is asked separately: a tracked
+    // tensor taken to the host would lose its graph.
+    if x.is_autodiff() || device != Device::flex() || x.dtype() != burn::tensor::DType::F32 {
+        return x.clone() * sigmoid(x * 1.702);
+    }
+    let mut data = x.into_data();
+    match data.as_mut_slice::<f32>() {
+        Ok(v) => quick_gelu_in_place(v),
+        Err(_) => {
+            let x = Tensor::<D>::from_data(data, &device);
+            return x.clone() * sigmoid(x * 1.702);
+        }
+    }
+    Tensor::<D>::from_data(data, &device)
+}
+
+/// Below this many elements the activation runs on the calling thread.
+const PARALLEL_MIN: usize = 1 << 16;
+
+fn quick_gelu_in_place(v: &mut [f32]) {
+    // flex's `sigmoid_f32`, operation for operation.
+    fn sigmoid_f32(x: f32) -> f32 {
+        if x >= 0.0 {
+            1.0 / (1.0 + (-x).exp())
+        } else {
+            let e = x.exp();
+            e / (1.0 + e)
+        }
+    }
+    let pass = |part: &mut [f32]| {
+        for x in part {
+            *x *= sigmoid_f32(*x * 1.702f32);
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || v.len() < PARALLEL_MIN {
+        pass(v);
+        return;
+    }
+    let chunk = v.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for part in v.chunks_mut(chunk) {
+            scope.spawn(move || pass(part));
+        }
+    });
 }
 
 /// Multi-head attention with one fused `in_proj` (q, k, v stacked along the output axis), as
@@ -601,5 +652,49 @@ impl Init {
         }
         out.truncate(n);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place pass is burn's three operations on flex, bit for bit, on both sides of
+    /// the sigmoid's branch, below and above the threaded size, and on a transposed view.
+    #[test]
+    fn quick_gelu_in_place_is_burns_quick_gelu() {
+        let device = Device::flex();
+        let bits = |t: Tensor<2>| {
+            t.into_data()
+                .iter::<f32>()
+                .map(f32::to_bits)
+                .collect::<Vec<_>>()
+        };
+        for &(rows, cols) in &[(3usize, 5usize), (64, 4096)] {
+            let mut v = Init::new(rows as u64).normal_vec(rows * cols, 4.0);
+            v[0] = 0.0;
+            v[1] = -0.0;
+            v[2] = 90.0;
+            v[3] = -90.0;
+            let x = Tensor::<2>::from_data(TensorData::new(v, [rows, cols]), &device);
+            let want = bits(x.clone() * sigmoid(x.clone() * 1.702));
+            assert_eq!(bits(quick_gelu(x.clone())), want, "{rows}×{cols}");
+            let t = x.transpose();
+            let want = bits(t.clone() * sigmoid(t.clone() * 1.702));
+            assert_eq!(bits(quick_gelu(t)), want, "{rows}×{cols} transposed");
+        }
+    }
+
+    /// Under autodiff the activation stays a recorded operation: its gradient reaches the
+    /// input (x·σ'(…) + σ(…) is positive at x = 1).
+    #[test]
+    fn quick_gelu_keeps_its_gradient_in_training() {
+        let device = Device::flex().autodiff();
+        let x =
+            Tensor::<1>::from_data(TensorData::new(vec![1.0f32; 4], [4]), &device).require_grad();
+        let grads = quick_gelu(x.clone()).sum().backward();
+        let g = x.grad(&grads).expect("a gradient for x");
+        let g: Vec<f32> = g.into_data().iter::<f32>().collect();
+        assert!(g.iter().all(|&v| v > 1.0), "{g:?}");
     }
 }

@@ -381,7 +381,8 @@ const PARALLEL_MIN: usize = 1 << 16;
 /// and flex's `sum` then reads the same values in the same layout, so the norm keeps its bits.
 fn squares<const D: usize>(g: Tensor<D>) -> Tensor<D> {
     let device = g.device();
-    if device != Device::flex() || g.dtype() != burn::tensor::DType::F32 {
+    // Gradients are never autodiff tensors, but `Device`'s equality would not tell.
+    if g.is_autodiff() || device != Device::flex() || g.dtype() != burn::tensor::DType::F32 {
         return g.powi_scalar(2);
     }
     let mut data = g.into_data();

@@ -279,7 +279,6 @@ impl RunSpec {
             arch,
             accumulation_steps: spec.accumulation_steps(),
             micro_batch_size,
-            ranks_per_seed: spec.run.ranks_per_seed,
             class_files_dir,
             generate,
             weights: spec.model.weights.clone(),
@@ -292,17 +291,6 @@ impl RunSpec {
 }
 
 impl RunPlan {
-    /// One process's part of a run's step when `ranks_per_seed` processes share it: its
-    /// micro-batch size and how many of them it accumulates. Each takes `batch_size / K`
-    /// images, in micro-batches of `micro_batch_size` when that fits (so a micro-batch is the
-    /// one-process micro-batch, and what fits a device still does), else in one. With K = 1,
-    /// `(micro_batch_size, accumulation_steps)`.
-    pub fn rank_share(&self) -> (usize, usize) {
-        let share = self.spec.optim.batch_size / self.ranks_per_seed.max(1);
-        let micro = self.micro_batch_size.min(share).max(1);
-        (micro, (share / micro).max(1))
-    }
-
     /// The plan of a run directory's own `config.toml`, pointed at `dir`, where the directory
     /// is now: a run that was moved or renamed since it was written reads and resumes from
     /// its new place (nothing inside a run directory names the directory itself, and
@@ -339,8 +327,6 @@ pub struct RunPlan {
     pub accumulation_steps: usize,
     /// `optim.micro_batch_size`, or `optim.batch_size` when unset.
     pub micro_batch_size: usize,
-    /// `run.ranks_per_seed`: the processes that share each run's steps under MPI.
-    pub ranks_per_seed: usize,
     /// The label space's class files.
     pub class_files_dir: ClassFilesDir,
     /// `data.generate`: image trees to write into `data.root` on first use.

@@ -500,6 +500,20 @@ impl RunSpec {
         (self.optim.batch_size / micro).max(1)
     }
 
+    /// One process's part of a run's step when `run.ranks_per_seed` (K) processes share it:
+    /// its micro-batch size and how many of them it accumulates. Each takes `batch_size / K`
+    /// images, in micro-batches of `micro_batch_size` when that fits (so a micro-batch is the
+    /// one-process micro-batch, and what fits a device still does), else in one. With K = 1,
+    /// `(micro_batch_size, accumulation_steps())`.
+    pub fn rank_share(&self) -> (usize, usize) {
+        let share = self.optim.batch_size / self.run.ranks_per_seed.max(1);
+        let micro = (self.optim.micro_batch_size)
+            .unwrap_or(self.optim.batch_size)
+            .min(share)
+            .max(1);
+        (micro, (share / micro).max(1))
+    }
+
     /// `output_dir/name`.
     pub fn run_dir(&self) -> PathBuf {
         self.run.output_dir.join(&self.run.name)

@@ -355,7 +355,7 @@ pub(crate) fn validate(spec: &RunSpec, file: &Path) -> Result<(), ConfigError> {
     )?;
     if k > 1 {
         let share = o.batch_size / k;
-        let micro = o.micro_batch_size.unwrap_or(o.batch_size).min(share);
+        let (micro, _) = spec.rank_share();
         c.check(
             share.is_multiple_of(micro),
             "optim.micro_batch_size",

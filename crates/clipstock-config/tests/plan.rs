@@ -532,7 +532,7 @@ fn ranks_per_seed_splits_each_step() {
     let t = tree();
     let share = |o: &[&str]| {
         let plan = t.plan(MINIMAL, o).unwrap_or_else(|e| panic!("{e}"));
-        (plan.ranks_per_seed, plan.rank_share())
+        (plan.spec.run.ranks_per_seed, plan.spec.rank_share())
     };
     let b = |n: usize| format!("optim.batch_size={n}");
     let m = |n: usize| format!("optim.micro_batch_size={n}");

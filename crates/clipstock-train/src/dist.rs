@@ -107,16 +107,6 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// One process training every run.
-    pub fn single(runs: usize) -> Placement {
-        Placement {
-            rank: 0,
-            size: 1,
-            per_run: 1,
-            runs,
-        }
-    }
-
     pub fn groups(&self) -> usize {
         (self.size / self.per_run.max(1)).max(1)
     }
@@ -190,7 +180,12 @@ mod tests {
         assert!(p[0].is_lead() && !p[1].is_lead() && p[2].is_lead());
         assert_eq!(at(3, 4).own(), 2..4);
         assert_eq!(at(1, 4).owner(3), 2);
-        let one = Placement::single(3);
+        let one = Placement {
+            rank: 0,
+            size: 1,
+            per_run: 1,
+            runs: 3,
+        };
         assert_eq!((one.own(), one.owner(2), one.is_lead()), (0..3, 0, true));
     }
 }

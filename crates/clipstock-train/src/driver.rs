@@ -259,13 +259,13 @@ fn run_loop(
         autocast: t.session.autocast,
         label_smoothing: spec.optim.label_smoothing,
         grad_clip_norm: spec.optim.grad_clip_norm,
-        accumulation_steps: plan.rank_share().1,
+        accumulation_steps: plan.spec.rank_share().1,
         per_run_devices: plan.per_run_devices,
         mixup_alpha: spec.optim.mixup_alpha,
         epoch: t.state.epoch,
         group: (t.group.size() > 1).then(|| t.group.clone()),
     };
-    let micro_batch = plan.rank_share().0;
+    let micro_batch = plan.spec.rank_share().0;
     let steps = t.session.steps_per_epoch;
     while t.state.epoch < spec.optim.epochs {
         let epoch = t.state.epoch;
@@ -526,7 +526,7 @@ fn exchange(
 /// at most one group per run (each group trains a block of whole runs), and no policy that
 /// needs every run's optimizer state in one place.
 fn check_distributed(plan: &RunPlan, comm: &dyn Collective) -> Result<()> {
-    let k = plan.ranks_per_seed;
+    let k = plan.spec.run.ranks_per_seed;
     let runs = plan.spec.run.seeds.len() + plan.spec.baselines.independent_seeds.len();
     if comm.size() == 1 {
         if k > 1 {

@@ -165,11 +165,12 @@ impl ModuleVisitor for Scatter<'_> {
         let value = param.val();
         let dims = value.dims();
         let n: usize = dims.iter().product();
-        let part = self.buf[self.at..self.at + n].to_vec();
+        let at = self.at;
         self.at += n;
         if self.present.get(k).is_none_or(|&c| c == 0.0) {
             return;
         }
+        let part = self.buf[at..at + n].to_vec();
         // Gradients live on the parameter's device without autodiff, as backward leaves them.
         let device = value.inner().device();
         let g = Tensor::<D>::from_data(TensorData::new(part, dims), &device);

@@ -186,7 +186,7 @@ impl Session {
             rank: comm.rank(),
             size: comm.size(),
             per_run: if comm.size() > 1 {
-                plan.ranks_per_seed
+                plan.spec.run.ranks_per_seed
             } else {
                 1
             },

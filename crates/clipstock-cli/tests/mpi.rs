@@ -81,9 +81,37 @@ fn assert_same_run(a: &Path, b: &Path, case: &str) {
     }
 }
 
-/// SIGKILLs the `nth` process mpirun started, then checks that the job ends, non-zero,
-/// within 60 s: mpirun's own abort-on-failure, not a hang.
-fn kill_a_rank(job: &mut std::process::Child, nth: usize) {
+/// The job's exit status, which must come within `limit`: `what` names the event it must
+/// not hang after.
+fn ended_within(
+    job: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = job.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the job did not end within {limit:?} of {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `mpirun -np NP` of `args` (whose run directory is `dir`), SIGKILLed in one of its
+/// processes after step 8: the job must end, non-zero, within 60 s (mpirun's own
+/// abort-on-failure, not a hang); then the `--resume` with the same `-np` must end bitwise
+/// where `reference` ended.
+fn killed_then_resumed(np: usize, args: &[String], dir: &Path, reference: &Path, case: &str) {
+    let mut job = mpirun(np, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
     let ranks = String::from_utf8(
         Command::new("pgrep")
             .args(["-P", &job.id().to_string()])
@@ -92,24 +120,19 @@ fn kill_a_rank(job: &mut std::process::Child, nth: usize) {
             .stdout,
     )
     .expect("pids");
-    let victim = ranks.lines().nth(nth).expect("a rank process");
+    let victim = ranks.lines().nth(1).expect("a rank process");
     let killed = Command::new("kill")
         .args(["-9", victim])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the job did not stop within 60 s of a rank's death"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = ended_within(&mut job, Duration::from_secs(60), "a rank's death");
     assert!(!status.success(), "a job with a dead rank must fail");
+    let mut resume = args.to_vec();
+    resume.push("--resume".into());
+    let o = output(mpirun(np, &resume));
+    assert!(o.status.success(), "resume: {}", describe(&o));
+    assert_same_run(reference, dir, case);
 }
 
 fn have_mpirun() -> bool {
@@ -145,21 +168,13 @@ fn one_process_per_run_is_bitwise_the_one_process_run_and_a_killed_process_stops
     assert_same_run(&single, &tmp.path().join("mpi"), "mpirun -np 2");
 
     // SIGKILL one process mid-training: mpirun must end the job, non-zero, promptly.
-    let args = small_quickstart(tmp.path(), "killed", &extra);
-    let mut job = mpirun(2, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun");
-    let dir = tmp.path().join("killed");
-    wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
-    kill_a_rank(&mut job, 1);
-
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    let o = output(mpirun(2, &resume));
-    assert!(o.status.success(), "resume: {}", describe(&o));
-    assert_same_run(&single, &dir, "killed, then resumed with mpirun -np 2");
+    killed_then_resumed(
+        2,
+        &small_quickstart(tmp.path(), "killed", &extra),
+        &tmp.path().join("killed"),
+        &single,
+        "killed, then resumed with mpirun -np 2",
+    );
 
     // Ctrl-C on mpirun: it sends SIGTERM to every process, they agree on a stop at the next
     // step, save a checkpoint together and exit; the resume ends bitwise where it should. Ten
@@ -192,7 +207,8 @@ fn one_process_per_run_is_bitwise_the_one_process_run_and_a_killed_process_stops
     .expect("json");
     assert!(
         latest["global_step"].as_u64() >= Some(8) && latest["finished"] == false,
-        "the stop's checkpoint: {latest}"
+        "the stop's checkpoint: {latest}\n{}",
+        describe(&o)
     );
     let mut resume = args.clone();
     resume.push("--resume".into());
@@ -324,22 +340,11 @@ fn two_processes_per_run_share_its_batch() {
     assert_close_to(&single, &tmp.path().join("k4"), "ranks_per_seed = 4");
 
     // SIGKILL one of the four mid-training, then resume with the same -np and K.
-    let args = small_quickstart(tmp.path(), "k2_killed", &shared);
-    let mut job = mpirun(4, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun");
-    let dir = tmp.path().join("k2_killed");
-    wait_for_step(&dir.join("metrics.jsonl"), 8, &mut job);
-    kill_a_rank(&mut job, 1);
-    let mut resume = args.clone();
-    resume.push("--resume".into());
-    let o = output(mpirun(4, &resume));
-    assert!(o.status.success(), "resume: {}", describe(&o));
-    assert_same_run(
+    killed_then_resumed(
+        4,
+        &small_quickstart(tmp.path(), "k2_killed", &shared),
+        &tmp.path().join("k2_killed"),
         &np4,
-        &dir,
         "ranks_per_seed = 2: killed, then resumed with -np 4",
     );
 }
@@ -396,17 +401,7 @@ fn a_process_that_fails_alone_ends_the_job() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut job = c.spawn().expect("mpirun");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the job did not end within 120 s of one process's error"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = ended_within(&mut job, Duration::from_secs(120), "one process's error");
     let o = job.wait_with_output().expect("mpirun");
     assert!(!status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);

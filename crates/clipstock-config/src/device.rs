@@ -1,4 +1,4 @@
-//! `cpu | flex | ndarray | wgpu[:N] | cuda[:N]`: the one spelling of a device, for run files
+//! `cpu | flex | ndarray | wgpu[:N] | vulkan[:N] | cuda[:N]`: the one spelling of a device, for run files
 //! (`run.device`, `run.devices`) and every `--device` flag.
 //!
 //! Only the spelling lives here. Whether a backend is compiled in and whether the ordinal
@@ -16,6 +16,9 @@ pub enum DeviceSpec {
     NdArray,
     /// `wgpu` alone is ordinal 0, which lets wgpu pick its preferred adapter.
     Wgpu(usize),
+    /// wgpu pinned to Vulkan, so kernels are SPIR-V (cooperative matrices, bf16) or the
+    /// device fails to come up, rather than falling back to WGSL or another graphics API.
+    Vulkan(usize),
     Cuda(usize),
 }
 
@@ -26,7 +29,8 @@ pub struct DeviceSpecError(pub String);
 
 impl DeviceSpec {
     /// The accepted forms, as error messages list them.
-    pub const EXPECTED: &'static str = "cpu, flex, ndarray, wgpu, wgpu:N, cuda or cuda:N";
+    pub const EXPECTED: &'static str =
+        "cpu, flex, ndarray, wgpu, wgpu:N, vulkan, vulkan:N, cuda or cuda:N";
 
     /// The device of the `local_rank`-th process on a machine when they all name this one:
     /// a GPU ordinal moves up by the local rank (`cuda` → `cuda:{local_rank}`), so each
@@ -34,6 +38,7 @@ impl DeviceSpec {
     pub fn for_local_rank(self, local_rank: usize) -> DeviceSpec {
         match self {
             DeviceSpec::Wgpu(n) => DeviceSpec::Wgpu(n + local_rank),
+            DeviceSpec::Vulkan(n) => DeviceSpec::Vulkan(n + local_rank),
             DeviceSpec::Cuda(n) => DeviceSpec::Cuda(n + local_rank),
             cpu => cpu,
         }
@@ -61,13 +66,14 @@ impl FromStr for DeviceSpec {
             ("flex", None) => Ok(DeviceSpec::Flex),
             ("ndarray", None) => Ok(DeviceSpec::NdArray),
             ("wgpu", n) => Ok(DeviceSpec::Wgpu(n.unwrap_or(0))),
+            ("vulkan", n) => Ok(DeviceSpec::Vulkan(n.unwrap_or(0))),
             ("cuda", n) => Ok(DeviceSpec::Cuda(n.unwrap_or(0))),
             _ => Err(bad()),
         }
     }
 }
 
-/// Always with the ordinal for wgpu and cuda, so logs say which device was used.
+/// Always with the ordinal for the GPU backends, so logs say which device was used.
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -75,6 +81,7 @@ impl fmt::Display for DeviceSpec {
             DeviceSpec::Flex => f.write_str("flex"),
             DeviceSpec::NdArray => f.write_str("ndarray"),
             DeviceSpec::Wgpu(i) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Vulkan(i) => write!(f, "vulkan:{i}"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
         }
     }
@@ -101,6 +108,10 @@ mod tests {
     fn each_local_rank_gets_its_own_gpu() {
         assert_eq!(DeviceSpec::Cuda(0).for_local_rank(3), DeviceSpec::Cuda(3));
         assert_eq!(DeviceSpec::Wgpu(2).for_local_rank(1), DeviceSpec::Wgpu(3));
+        assert_eq!(
+            DeviceSpec::Vulkan(0).for_local_rank(1),
+            DeviceSpec::Vulkan(1)
+        );
         assert_eq!(DeviceSpec::Cpu.for_local_rank(5), DeviceSpec::Cpu);
         assert_eq!(DeviceSpec::Flex.for_local_rank(1), DeviceSpec::Flex);
     }
@@ -113,6 +124,8 @@ mod tests {
             ("ndarray", DeviceSpec::NdArray, "ndarray"),
             ("wgpu", DeviceSpec::Wgpu(0), "wgpu:0"),
             ("wgpu:2", DeviceSpec::Wgpu(2), "wgpu:2"),
+            ("vulkan", DeviceSpec::Vulkan(0), "vulkan:0"),
+            ("vulkan:1", DeviceSpec::Vulkan(1), "vulkan:1"),
             ("cuda", DeviceSpec::Cuda(0), "cuda:0"),
             ("cuda:3", DeviceSpec::Cuda(3), "cuda:3"),
         ];
@@ -126,8 +139,8 @@ mod tests {
     #[test]
     fn anything_else_is_refused_with_the_one_message() {
         for bad in [
-            "gpu", "vulkan", "tpu", "CUDA", "CUDA:3", "Cpu", " cpu", "cpu:0", "flex:1", "cuda:",
-            "cuda:x", "cuda:+1", "wgpu:-1", "cuda:1:2", "",
+            "gpu", "Vulkan", "vulkan:", "tpu", "CUDA", "CUDA:3", "Cpu", " cpu", "cpu:0", "flex:1",
+            "cuda:", "cuda:x", "cuda:+1", "wgpu:-1", "cuda:1:2", "",
         ] {
             let e = bad.parse::<DeviceSpec>().expect_err(bad);
             assert_eq!(

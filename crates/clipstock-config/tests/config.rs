@@ -404,7 +404,9 @@ fn micro_batch_must_divide_batch() {
 
 #[test]
 fn device_strings() {
-    for good in ["cpu", "flex", "ndarray", "wgpu", "wgpu:0", "cuda", "cuda:3"] {
+    for good in [
+        "cpu", "flex", "ndarray", "wgpu", "wgpu:0", "vulkan", "vulkan:1", "cuda", "cuda:3",
+    ] {
         assert!(clipstock_config::is_device_syntax(good), "{good}");
         parse(&MINIMAL.replace(
             "seeds = [1, 2]",

@@ -26,6 +26,7 @@ impl BurnDevice for DeviceSpec {
             DeviceSpec::Cpu | DeviceSpec::Flex => Ok(Device::flex()),
             DeviceSpec::NdArray => ndarray(),
             DeviceSpec::Wgpu(i) => wgpu(i),
+            DeviceSpec::Vulkan(i) => vulkan(i),
             DeviceSpec::Cuda(i) => cuda(i),
         }
     }
@@ -57,6 +58,22 @@ fn wgpu(_index: usize) -> Result<Device, ModelError> {
     Err(ModelError::DeviceNotCompiled("wgpu".into(), "wgpu"))
 }
 
+#[cfg(feature = "vulkan")]
+fn vulkan(index: usize) -> Result<Device, ModelError> {
+    use burn::tensor::DeviceKind;
+    // The same ordinals as `wgpu`; the API is pinned, so a machine without a usable Vulkan
+    // adapter fails at the first tensor instead of running WGSL on another API.
+    Ok(if index == 0 {
+        Device::vulkan(DeviceKind::DefaultDevice)
+    } else {
+        Device::vulkan(DeviceKind::DiscreteGpu(index))
+    })
+}
+#[cfg(not(feature = "vulkan"))]
+fn vulkan(_index: usize) -> Result<Device, ModelError> {
+    Err(ModelError::DeviceNotCompiled("vulkan".into(), "vulkan"))
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device, ModelError> {
     Ok(Device::cuda(index))
@@ -83,6 +100,12 @@ mod tests {
 
     #[test]
     fn a_backend_left_out_of_the_build_is_named() {
+        if !cfg!(feature = "vulkan") {
+            let e = DeviceSpec::Vulkan(0)
+                .device()
+                .expect_err("vulkan is not compiled in");
+            assert!(e.to_string().contains("vulkan"), "{e}");
+        }
         if !cfg!(feature = "cuda") {
             let e = DeviceSpec::Cuda(0)
                 .device()

@@ -5,6 +5,7 @@
 pub mod arch;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod load;
 pub mod model;
 pub mod naming;

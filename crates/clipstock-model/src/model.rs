@@ -10,6 +10,7 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use clipstock_tensors::rng::{GOLDEN_GAMMA, SplitMix64};
 
 use crate::arch::{ClipArch, TextArch, VisionArch};
+use crate::fused::ClipOps;
 
 pub const LN_EPS: f64 = 1e-5;
 
@@ -118,58 +119,16 @@ pub struct ClipMlp {
 
 /// OpenAI CLIP's activation: x·σ(1.702x).
 ///
-/// Outside autodiff on flex (evaluation), one threaded pass in place over the activation's
-/// own buffer: flex runs the three tensor operations as single-threaded passes, two of them
-/// into fresh buffers. The pass repeats flex's arithmetic (the scalar rounded to f32, its
-/// sign-split sigmoid, the product), so the result keeps its bits. Training keeps burn's
-/// operations, whose backward pass autodiff needs.
+/// On flex in f32, one threaded pass forward and one backward ([`crate::fused`]) with burn's
+/// bits, instead of burn's three single-threaded operations and their five backward passes.
+/// Elsewhere burn's operations. `Device`'s equality does not see autodiff, so a tracked flex
+/// tensor takes the fused path too, and it records its own backward.
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let device = x.device();
-    // `Device`'s equality does not see autodiff, so it is asked separately: a tracked
-    // tensor taken to the host would lose its graph.
-    if x.is_autodiff() || device != Device::flex() || x.dtype() != burn::tensor::DType::F32 {
+    if x.device() != Device::flex() || x.dtype() != burn::tensor::DType::F32 {
         return x.clone() * sigmoid(x * 1.702);
     }
-    let mut data = x.into_data();
-    match data.as_mut_slice::<f32>() {
-        Ok(v) => quick_gelu_in_place(v),
-        Err(_) => {
-            let x = Tensor::<D>::from_data(data, &device);
-            return x.clone() * sigmoid(x * 1.702);
-        }
-    }
-    Tensor::<D>::from_data(data, &device)
-}
-
-/// Below this many elements the activation runs on the calling thread.
-const PARALLEL_MIN: usize = 1 << 16;
-
-fn quick_gelu_in_place(v: &mut [f32]) {
-    // flex's `sigmoid_f32`, operation for operation.
-    fn sigmoid_f32(x: f32) -> f32 {
-        if x >= 0.0 {
-            1.0 / (1.0 + (-x).exp())
-        } else {
-            let e = x.exp();
-            e / (1.0 + e)
-        }
-    }
-    let pass = |part: &mut [f32]| {
-        for x in part {
-            *x *= sigmoid_f32(*x * 1.702f32);
-        }
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || v.len() < PARALLEL_MIN {
-        pass(v);
-        return;
-    }
-    let chunk = v.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for part in v.chunks_mut(chunk) {
-            scope.spawn(move || pass(part));
-        }
-    });
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as ClipOps>::quick_gelu(x.into_dispatch()))
 }
 
 /// Multi-head attention with one fused `in_proj` (q, k, v stacked along the output axis), as
@@ -659,42 +618,64 @@ impl Init {
 mod tests {
     use super::*;
 
-    /// The in-place pass is burn's three operations on flex, bit for bit, on both sides of
-    /// the sigmoid's branch, below and above the threaded size, and on a transposed view.
+    fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
+        t.into_data()
+            .iter::<f32>()
+            .map(f32::to_bits)
+            .collect::<Vec<_>>()
+    }
+
+    /// Inputs on both sides of the sigmoid's branch, with ±0 and values whose sigmoid
+    /// saturates.
+    fn activations(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut v = Init::new(seed).normal_vec(rows * cols, 4.0);
+        v[..4].copy_from_slice(&[0.0, -0.0, 90.0, -90.0]);
+        v
+    }
+
+    /// The fused forward is burn's three operations on flex, bit for bit, below and above
+    /// the threaded size, on a transposed view, and on a buffer something else still holds.
     #[test]
-    fn quick_gelu_in_place_is_burns_quick_gelu() {
+    fn fused_quick_gelu_is_burns_quick_gelu() {
         let device = Device::flex();
-        let bits = |t: Tensor<2>| {
-            t.into_data()
-                .iter::<f32>()
-                .map(f32::to_bits)
-                .collect::<Vec<_>>()
-        };
         for &(rows, cols) in &[(3usize, 5usize), (64, 4096)] {
-            let mut v = Init::new(rows as u64).normal_vec(rows * cols, 4.0);
-            v[0] = 0.0;
-            v[1] = -0.0;
-            v[2] = 90.0;
-            v[3] = -90.0;
+            let v = activations(rows, cols, rows as u64);
             let x = Tensor::<2>::from_data(TensorData::new(v, [rows, cols]), &device);
             let want = bits(x.clone() * sigmoid(x.clone() * 1.702));
-            assert_eq!(bits(quick_gelu(x.clone())), want, "{rows}×{cols}");
-            let t = x.transpose();
+            let kept = x.clone();
+            assert_eq!(bits(quick_gelu(x.clone())), want, "{rows}×{cols} shared");
+            assert_eq!(bits(quick_gelu(x)), want, "{rows}×{cols} in place");
+            let t = kept.transpose();
             let want = bits(t.clone() * sigmoid(t.clone() * 1.702));
             assert_eq!(bits(quick_gelu(t)), want, "{rows}×{cols} transposed");
         }
     }
 
-    /// Under autodiff the activation stays a recorded operation: its gradient reaches the
-    /// input (x·σ'(…) + σ(…) is positive at x = 1).
+    /// Under autodiff the fused activation has burn's forward and the gradient burn's
+    /// decomposition gives its input, bit for bit, for an arbitrary upstream gradient.
     #[test]
-    fn quick_gelu_keeps_its_gradient_in_training() {
+    fn fused_quick_gelu_has_burns_gradient() {
         let device = Device::flex().autodiff();
-        let x =
-            Tensor::<1>::from_data(TensorData::new(vec![1.0f32; 4], [4]), &device).require_grad();
-        let grads = quick_gelu(x.clone()).sum().backward();
-        let g = x.grad(&grads).expect("a gradient for x");
-        let g: Vec<f32> = g.into_data().iter::<f32>().collect();
-        assert!(g.iter().all(|&v| v > 1.0), "{g:?}");
+        for &(rows, cols) in &[(3usize, 5usize), (64, 4096)] {
+            let n = rows * cols;
+            let x = TensorData::new(activations(rows, cols, 7 + n as u64), [rows, cols]);
+            let w = TensorData::new(Init::new(n as u64).normal_vec(n, 1.0), [rows, cols]);
+            let w = Tensor::<2>::from_data(w, &device);
+            let run = |fused: bool| {
+                let x = Tensor::<2>::from_data(x.clone(), &device).require_grad();
+                let y = if fused {
+                    quick_gelu(x.clone())
+                } else {
+                    x.clone() * sigmoid(x.clone() * 1.702)
+                };
+                let grads = (y.clone() * w.clone()).sum().backward();
+                let g = x.grad(&grads).expect("a gradient for x");
+                (bits(y.inner()), bits(g))
+            };
+            let (want_y, want_g) = run(false);
+            let (y, g) = run(true);
+            assert_eq!(y, want_y, "{rows}×{cols} forward");
+            assert_eq!(g, want_g, "{rows}×{cols} gradient");
+        }
     }
 }

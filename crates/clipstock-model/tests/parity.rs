@@ -39,6 +39,12 @@ fn devices() -> Vec<(DeviceSpec, Device, f32)> {
     } else {
         eprintln!("note: wgpu parity skipped (set CLIPSTOCK_TEST_WGPU=1 to run it)");
     }
+    // The adapter pinned to Vulkan: SPIR-V kernels, never a WGSL fallback. Opt-in twice
+    // (feature and variable) because lavapipe crashes compiling them.
+    if cfg!(feature = "vulkan") && std::env::var("CLIPSTOCK_TEST_VULKAN").is_ok_and(|v| v == "1") {
+        let spec = DeviceSpec::Vulkan(0);
+        out.push((spec, spec.device().expect("vulkan compiled in"), WGPU_TOL));
+    }
     out
 }
 

@@ -42,16 +42,21 @@ fn ndarray() -> Result<Device, ModelError> {
     Err(ModelError::DeviceNotCompiled("ndarray".into(), "ndarray"))
 }
 
+/// Index 0 lets wgpu pick its preferred adapter (a discrete GPU, else an integrated or
+/// software one such as lavapipe); higher indices address discrete GPUs explicitly.
+#[cfg(feature = "wgpu")]
+fn adapter(index: usize) -> burn::tensor::DeviceKind {
+    use burn::tensor::DeviceKind;
+    if index == 0 {
+        DeviceKind::DefaultDevice
+    } else {
+        DeviceKind::DiscreteGpu(index)
+    }
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu(index: usize) -> Result<Device, ModelError> {
-    use burn::tensor::DeviceKind;
-    // Index 0 lets wgpu pick its preferred adapter (a discrete GPU, else an integrated or
-    // software one such as lavapipe); higher indices address discrete GPUs explicitly.
-    Ok(if index == 0 {
-        Device::wgpu(DeviceKind::DefaultDevice)
-    } else {
-        Device::wgpu(DeviceKind::DiscreteGpu(index))
-    })
+    Ok(Device::wgpu(adapter(index)))
 }
 #[cfg(not(feature = "wgpu"))]
 fn wgpu(_index: usize) -> Result<Device, ModelError> {
@@ -60,14 +65,9 @@ fn wgpu(_index: usize) -> Result<Device, ModelError> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan(index: usize) -> Result<Device, ModelError> {
-    use burn::tensor::DeviceKind;
-    // The same ordinals as `wgpu`; the API is pinned, so a machine without a usable Vulkan
-    // adapter fails at the first tensor instead of running WGSL on another API.
-    Ok(if index == 0 {
-        Device::vulkan(DeviceKind::DefaultDevice)
-    } else {
-        Device::vulkan(DeviceKind::DiscreteGpu(index))
-    })
+    // The API is pinned, so a machine without a usable Vulkan adapter fails at the first
+    // tensor instead of running WGSL on another API.
+    Ok(Device::vulkan(adapter(index)))
 }
 #[cfg(not(feature = "vulkan"))]
 fn vulkan(_index: usize) -> Result<Device, ModelError> {

@@ -26,8 +26,8 @@ use burn::tensor::{DType, TensorData};
 /// The factor in QuickGELU, as f32 (what flex's scalar multiply rounds 1.702 to).
 const ALPHA: f32 = 1.702;
 
-/// Below this many elements a pass runs on the calling thread.
-const PARALLEL_MIN: usize = 1 << 16;
+/// Below this many elements a pass runs on the calling thread (a thread costs more).
+pub const PARALLEL_MIN: usize = 1 << 16;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait ClipOps: Backend {
@@ -172,8 +172,8 @@ fn threads_for(len: usize) -> usize {
     if len < PARALLEL_MIN { 1 } else { threads }
 }
 
-/// `dst[i] = f(dst[i])`, one chunk per core.
-pub(crate) fn map_in_place(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+/// `v[i] = f(v[i])` on the host, one chunk per core (also the trainer's squares for the norm).
+pub fn map_in_place(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     let threads = threads_for(v.len());
     let pass = |part: &mut [f32]| part.iter_mut().for_each(|x| *x = f(*x));
     if threads == 1 {

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use clipstock_data::loader::Batch;
 use clipstock_model::ImageClassifier;
+use clipstock_model::fused::map_in_place;
 use clipstock_model::model::Autocast;
 use tracing::{info, info_span};
 
@@ -372,9 +373,6 @@ impl ModuleVisitor for SquaredNorm<'_> {
     }
 }
 
-/// Below this many elements a tensor is squared on the calling thread (a thread costs more).
-const PARALLEL_MIN: usize = 1 << 16;
-
 /// `g²` element-wise. On flex, one multi-threaded pass over a host copy: flex's own
 /// `powi_scalar(2)` is `g * g` in its generic single-threaded loop into a fresh buffer,
 /// about 12% of a batch-8 ViT-B/32 step under perf. The products are the same f32 products
@@ -387,25 +385,10 @@ fn squares<const D: usize>(g: Tensor<D>) -> Tensor<D> {
     }
     let mut data = g.into_data();
     match data.as_mut_slice::<f32>() {
-        Ok(v) => square_in_place(v),
+        Ok(v) => map_in_place(v, |x| x * x),
         Err(_) => return Tensor::<D>::from_data(data, &device).powi_scalar(2),
     }
     Tensor::<D>::from_data(data, &device)
-}
-
-fn square_in_place(v: &mut [f32]) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let square = |part: &mut [f32]| part.iter_mut().for_each(|x| *x *= *x);
-    if threads == 1 || v.len() < PARALLEL_MIN {
-        square(v);
-        return;
-    }
-    let chunk = v.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for part in v.chunks_mut(chunk) {
-            scope.spawn(move || square(part));
-        }
-    });
 }
 
 /// The global L2 norm of all gradients as a one-element tensor on their device: no read-back,
@@ -535,6 +518,7 @@ impl LossScale {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clipstock_model::fused::PARALLEL_MIN;
 
     #[test]
     fn loss_scale_follows_grad_scaler() {

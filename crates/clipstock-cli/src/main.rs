@@ -29,6 +29,7 @@ mod term;
 mod bench;
 mod eval_cmd;
 mod logfile;
+mod malloc;
 mod merge_cmd;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
@@ -194,6 +195,7 @@ fn main() {
             std::env::set_var("BURN_DEVICE", "flex");
         }
     }
+    malloc::tune();
     let cli = Cli::parse();
     // Long commands draw progress bars on stderr, so their log lines go to the run's
     // train.log and only warnings reach the terminal (RUST_LOG overrides).

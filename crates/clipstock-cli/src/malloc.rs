@@ -19,13 +19,15 @@ const MMAP_THRESHOLD: libc::c_int = 32 << 20;
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let user_set = [
-            "MALLOC_MMAP_THRESHOLD_",
-            "MALLOC_TRIM_THRESHOLD_",
-            "GLIBC_TUNABLES",
-        ]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some());
+        let var = |k: &str| std::env::var_os(k);
+        // Other tunables (CPU, threads) leave malloc's alone, so they do not turn this off.
+        let tunables = var("GLIBC_TUNABLES").is_some_and(|t| {
+            let t = t.to_string_lossy();
+            t.contains("glibc.malloc.mmap_threshold") || t.contains("glibc.malloc.trim_threshold")
+        });
+        let user_set = tunables
+            || var("MALLOC_MMAP_THRESHOLD_").is_some()
+            || var("MALLOC_TRIM_THRESHOLD_").is_some();
         if user_set {
             return;
         }
@@ -33,8 +35,8 @@ pub fn tune() {
         // is called at the start of `main`, before any allocation-heavy work or other thread.
         #[allow(unsafe_code)]
         unsafe {
-            // Both return 0 only for an invalid parameter, which these constants are not; a
-            // failure would leave glibc's defaults, which are correct, only slower.
+            // Each returns 0 for a value out of glibc's range (32 MiB is its 64-bit ceiling for
+            // the mmap threshold); a failure would leave the defaults: correct, only slower.
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
         }

@@ -4,11 +4,12 @@
 //! frees and reallocates a few GiB of them. With glibc's defaults the blocks above the (dynamic)
 //! mmap threshold come from `mmap` and go back on `free`, and the top of the heap is trimmed as
 //! soon as it exceeds the trim threshold, so every step page-faults and zeroes that memory again:
-//! `perf` put `clear_page_erms` plus the fault path at ~15% of a batch-32 step. Keeping blocks up
-//! to 32 MiB (glibc's own ceiling for its dynamic threshold; a batch-32 ViT-B/32 step's largest
-//! activations are ~20 MB, larger batches' biggest blocks still get their own mmap) in the heap
-//! and not trimming it lets the next step reuse them. Measured in docs/PERFORMANCE.md: ~19% faster
-//! batch-32 steps, unchanged peak RSS (freed blocks are reused, not added to).
+//! `perf` put `clear_page_erms` plus the fault path at ~15% of a batch-32 bench's samples.
+//! Keeping blocks up to 32 MiB (glibc's own ceiling for its dynamic threshold; a batch-32
+//! ViT-B/32 step's largest activations are ~20 MB, larger batches' biggest blocks still get their
+//! own mmap) in the heap and not trimming it lets the next step reuse them. Measured in
+//! docs/PERFORMANCE.md: ~19% faster batch-32 steps, unchanged peak RSS (freed blocks are reused,
+//! not added to).
 
 /// Blocks up to this size come from the heap, not from their own `mmap`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
